@@ -1,0 +1,125 @@
+"""Parse args -> load spec -> run; the only place errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from batchrun.errors import EXIT_BUG, EXIT_OK, BatchrunError
+from batchrun.redact import redact
+from batchrun.shards import parse_shard
+from batchrun.spec import JobSpec, load_spec
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line of design.md section 2."""
+    parser = argparse.ArgumentParser(prog="batchrun", description="Bulk Chat Completions jobs to Parquet.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("job", help="the job spec (YAML)")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                         help="override a spec value, e.g. --set limits.concurrency=8")
+        return sub
+
+    run = command("run", "Run the job to completion, resuming from what output.path already holds.")
+    run.add_argument("--limit", type=int, default=None, help="send at most N pending rows")
+    run.add_argument("--retry-errors", action="store_true", help="send error rows again and replace them")
+    run.add_argument("--force", action="store_true", help="write into an output written by another spec/input")
+    run.add_argument("--shard", default=None, metavar="I/N",
+                     help="run task I of N (default: CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT)")
+    run.add_argument("--log-interval", type=float, default=10.0, help="seconds between JSON progress lines")
+    command("validate", "Check the spec and the input; print the row count and the first request.")
+    status = command("status", "Done / error / pending counts from the output.")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _run(args: argparse.Namespace, spec: JobSpec) -> int:
+    """`batchrun run`."""
+    from batchrun.runner import RunOptions, run_job
+
+    if args.limit is not None and args.limit < 0:
+        raise BatchrunError("--limit must be 0 or more")
+    options = RunOptions(
+        limit=args.limit,
+        retry_errors=args.retry_errors,
+        force=args.force,
+        shard=parse_shard(args.shard),
+        interactive=sys.stderr.isatty(),
+        log_interval_s=args.log_interval,
+    )
+    return run_job(spec, options)
+
+
+def _validate(args: argparse.Namespace, spec: JobSpec) -> int:
+    """`batchrun validate`: everything a run checks before its first request."""
+    from batchrun.runner import prepare
+
+    prepared = prepare(spec)
+    summary = prepared.summary
+    print(f"{args.job}: valid")
+    print(f"input: {spec.input.path} ({summary.format}), {summary.rows} rows"
+          + (f", {summary.broken} unreadable (they become input error rows)" if summary.broken else ""))
+    print("first request:")
+    print(json.dumps(_shorten(prepared.first_request), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace, spec: JobSpec) -> int:
+    """`batchrun status`."""
+    from batchrun.status import job_status
+
+    figures = job_status(spec)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print(f"{spec.name}: {figures['done']} done ({figures['ok']} ok, {figures['error']} error), "
+              f"{figures['pending']} pending of {figures['rows']} rows")
+    return EXIT_OK
+
+
+def _shorten(value: Any) -> Any:
+    """Long data: URIs cut down for display, so a request with an image stays readable."""
+    if isinstance(value, str) and len(value) > 200 and value.startswith("data:"):
+        return value[:80] + f"...[{len(value)} chars]"
+    if isinstance(value, dict):
+        return {k: _shorten(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shorten(v) for v in value]
+    return value
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, JobSpec], int]] = {
+    "run": _run,
+    "validate": _validate,
+    "status": _status,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user mistakes print one message and exit 2 (or 3); bugs print a traceback and exit 1."""
+    args = _parser().parse_args(argv)
+    try:
+        spec = load_spec(args.job, args.overrides)
+        return _COMMANDS[args.command](args, spec)
+    except BatchrunError as exc:
+        print(f"batchrun: error: {redact(exc.message)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("batchrun: interrupted", file=sys.stderr)
+        return 3
+    except Exception:
+        import traceback
+
+        print(redact(traceback.format_exc()), file=sys.stderr)
+        print("batchrun: internal error (a bug): please report it with the traceback above", file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Requests/min and tokens/min budgets (aiolimiter) and an adaptive pace that backs off on 429s.
+
+A configured budget is a promise about every 60-second window, not an average: each bucket holds
+at most a small burst and leaks so that burst + one minute of leak never exceeds the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+from aiolimiter import AsyncLimiter
+
+from batchrun.spec import LimitsSpec
+
+
+def window_safe_limiter(per_minute: float, burst_seconds: float) -> AsyncLimiter:
+    """A leaky bucket whose burst plus 60 s of leak equals `per_minute`, so no minute exceeds it."""
+    burst = max(1.0, per_minute * burst_seconds / 60)
+    leak_per_s = max((per_minute - burst) / 60, 1e-6)
+    return AsyncLimiter(max_rate=burst, time_period=burst / leak_per_s)
+
+
+class AdaptivePace:
+    """No pace until the endpoint says 429; then additive increase, multiplicative decrease.
+
+    Vertex's Dynamic Shared Quota has no number to configure, so the pool learns one: each 429
+    cuts the pace (at most once per `cooldown_s`, so one burst of 429s counts once) and every
+    success adds back a little, about `increase_per_s` requests/s each second.
+    """
+
+    def __init__(
+        self,
+        *,
+        decrease: float = 0.7,
+        increase_per_s: float = 0.5,
+        cooldown_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate: float | None = None
+        self._decrease = decrease
+        self._increase = increase_per_s
+        self._cooldown = cooldown_s
+        self._clock = clock
+        self._next_slot = 0.0
+        self._last_cut = float("-inf")
+        self._sent: deque[float] = deque()
+
+    async def acquire(self) -> None:
+        """Wait for this request's slot in the pace, if one is set."""
+        now = self._clock()
+        self._sent.append(now)
+        while self._sent and self._sent[0] < now - 5.0:
+            self._sent.popleft()
+        if self.rate is None:
+            return
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / self.rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+    def on_rate_limited(self) -> None:
+        """A 429: cut the pace (the first one sets it from the rate just measured)."""
+        now = self._clock()
+        if now - self._last_cut < self._cooldown:
+            return
+        measured = max(len(self._sent) / 5.0, 1.0)
+        base = self.rate if self.rate is not None else measured
+        self.rate = max(0.2, base * self._decrease)
+        self._last_cut = now
+
+    def on_success(self) -> None:
+        """A success: raise the pace by about `increase_per_s` per second."""
+        if self.rate is not None:
+            self.rate += self._increase / self.rate * max(1.0, self.rate / 10)
+
+
+class Limits:
+    """Every gate a request passes before it is sent: requests/min, tokens/min, adaptive pace."""
+
+    def __init__(self, spec: LimitsSpec, *, share: float = 1.0) -> None:
+        rpm = spec.requests_per_minute * share if spec.requests_per_minute else None
+        tpm = spec.tokens_per_minute * share if spec.tokens_per_minute else None
+        self.requests = window_safe_limiter(rpm, burst_seconds=0.5) if rpm else None
+        self.tokens = window_safe_limiter(tpm, burst_seconds=10.0) if tpm else None
+        self.pace = AdaptivePace() if not rpm and not tpm else None
+
+    async def acquire(self, estimated_tokens: int) -> None:
+        """Wait until this request fits every budget."""
+        if self.requests is not None:
+            await self.requests.acquire()
+        if self.tokens is not None:
+            await self.tokens.acquire(min(float(estimated_tokens), self.tokens.max_rate))
+        if self.pace is not None:
+            await self.pace.acquire()
+
+    async def settle(self, estimated_tokens: int, actual_tokens: int) -> None:
+        """Charge the tokens a request used beyond its estimate, so the next ones wait for them."""
+        if self.tokens is None:
+            return
+        extra = float(actual_tokens - estimated_tokens)
+        while extra > 0:
+            step = min(extra, self.tokens.max_rate)
+            await self.tokens.acquire(step)
+            extra -= step
+
+    def rate_limited(self) -> None:
+        """Tell the adaptive pace about a 429."""
+        if self.pace is not None:
+            self.pace.on_rate_limited()
+
+    def succeeded(self) -> None:
+        """Tell the adaptive pace about a success."""
+        if self.pace is not None:
+            self.pace.on_success()

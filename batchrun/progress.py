@@ -1,0 +1,131 @@
+"""Run figures, shown as a rich progress bar on a terminal and as JSON log lines everywhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from batchrun.redact import redact
+
+
+@dataclass
+class Counters:
+    """Live counts the pool updates and the reporters read; one event loop, so no locks."""
+
+    total: int = 0
+    already_done: int = 0
+    done: int = 0
+    ok: int = 0
+    errors: int = 0
+    requests: int = 0
+    rate_limited: int = 0
+    tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _history: deque[tuple[float, int, int]] = field(default_factory=deque)
+
+    def figures(self) -> dict[str, Any]:
+        """The figures every report shows: rows done/total, req/min, tokens/min, errors, 429s, ETA."""
+        now = time.monotonic()
+        self._history.append((now, self.requests, self.tokens))
+        while len(self._history) > 2 and self._history[0][0] < now - 60:
+            self._history.popleft()
+        then, requests_then, tokens_then = self._history[0]
+        span = max(now - then, 1e-9)
+        elapsed = max(now - self.started, 1e-9)
+        if span < 1.0:
+            span, requests_then, tokens_then = elapsed, 0, 0
+        finished = self.already_done + self.done
+        rate = self.done / elapsed
+        remaining = max(self.total - finished, 0)
+        return {
+            "rows_done": finished,
+            "rows_total": self.total,
+            "ok": self.ok,
+            "errors": self.errors,
+            "requests_per_min": round((self.requests - requests_then) / span * 60, 1),
+            "tokens_per_min": round((self.tokens - tokens_then) / span * 60, 1),
+            "rate_limited_429": self.rate_limited,
+            "eta_s": round(remaining / rate, 1) if rate > 0 else None,
+        }
+
+
+def log_event(severity: str, message: str, stream: TextIO | None = None, **fields: Any) -> None:
+    """One JSON object per line, as Cloud Logging reads it (`severity`, `message`, then the fields)."""
+    record = {"severity": severity, "message": redact(message), **fields}
+    out = stream or sys.stderr
+    out.write(json.dumps(record, default=str) + "\n")
+    out.flush()
+
+
+class Reporter:
+    """Shows progress until stopped: a rich bar on a TTY, a JSON line per interval otherwise."""
+
+    def __init__(self, counters: Counters, job: str, *, interactive: bool, interval_s: float = 10.0) -> None:
+        self._counters = counters
+        self._job = job
+        self._interactive = interactive
+        self._interval = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin reporting in the background."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._bar() if self._interactive else self._lines()
+        )
+
+    async def stop(self) -> None:
+        """Stop reporting and print the final figures."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if not self._interactive:
+            log_event("INFO", f"{self._job}: finished", job=self._job, **self._counters.figures())
+
+    async def _lines(self) -> None:
+        """A JSON log line every interval."""
+        while True:
+            await asyncio.sleep(self._interval)
+            figures = self._counters.figures()
+            log_event(
+                "INFO",
+                f"{self._job}: {figures['rows_done']}/{figures['rows_total']} rows",
+                job=self._job,
+                **figures,
+            )
+
+    async def _bar(self) -> None:
+        """A rich progress bar with the figures beside it, redrawn twice a second."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        task = progress.add_task(self._job, total=self._counters.total, detail="")
+        with progress:
+            try:
+                while True:
+                    self._draw(progress, task)
+                    await asyncio.sleep(0.5)
+            finally:
+                self._draw(progress, task)
+
+    def _draw(self, progress: Any, task: Any) -> None:
+        """Update the bar from the counters."""
+        f = self._counters.figures()
+        detail = (
+            f"{f['requests_per_min']:.0f} req/min  {f['tokens_per_min']:.0f} tok/min  "
+            f"errors {f['errors']}  429s {f['rate_limited_429']}"
+        )
+        progress.update(task, completed=f["rows_done"], detail=detail)

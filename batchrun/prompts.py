@@ -1,0 +1,186 @@
+"""Row -> request body: pure functions over the spec, checked once before any request is sent."""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+import mimetypes
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from batchrun import storage
+from batchrun.errors import SpecError
+from batchrun.sources import Record
+from batchrun.spec import JobSpec, MediaSpec
+
+_AUDIO_FORMATS = {"audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/wav": "wav", "audio/x-wav": "wav"}
+
+
+class RowInputError(Exception):
+    """This row cannot become a request (missing value, unreadable media); it gets an `input` error row."""
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A prompt template parsed once: its text and the columns it names."""
+
+    text: str
+    fields: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> _Template:
+        """Parse `{column}` placeholders; a format mistake is a spec error naming the key."""
+        try:
+            fields = tuple(
+                name for _, name, _, _ in string.Formatter().parse(text) if name is not None
+            )
+        except ValueError as exc:
+            raise SpecError(f"{where}: bad template ({exc}); write literal braces as {{{{ and }}}}") from None
+        for name in fields:
+            if not name or any(c in name for c in ".[]"):
+                raise SpecError(f"{where}: placeholder {{{name}}} must name a column, e.g. {{text}}")
+        return cls(text, fields)
+
+    def render(self, data: dict[str, Any]) -> str:
+        """Fill the placeholders from the row; a missing or null value is this row's input error."""
+        values: dict[str, Any] = {}
+        for name in self.fields:
+            value = data.get(name)
+            if value is None:
+                raise RowInputError(f"column '{name}' is missing or null in this row")
+            values[name] = json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+        try:
+            return self.text.format_map(values)
+        except (ValueError, TypeError) as exc:
+            raise RowInputError(f"template cannot format this row's values ({exc})") from None
+
+
+class Renderer:
+    """Builds the Chat Completions body for each row, exactly as it is sent."""
+
+    def __init__(self, spec: JobSpec, input_format: str) -> None:
+        self.spec = spec
+        self.input_format = input_format
+        request = spec.request
+        self.system = _Template.parse(request.system, "request.system") if request.system else None
+        self.prompt = _Template.parse(request.prompt, "request.prompt") if request.prompt else None
+        if input_format == "rows" and self.prompt is None and request.messages_column is None:
+            raise SpecError("request: set request.prompt (a template over columns) or request.messages_column")
+        self.params = dict(request.params)
+        self.google = dict(request.google)
+
+    def columns_needed(self) -> set[str]:
+        """Every input column the spec reads, for the check against the input's columns."""
+        needed: set[str] = set()
+        for template in (self.system, self.prompt):
+            if template:
+                needed.update(template.fields)
+        if self.spec.request.messages_column:
+            needed.add(self.spec.request.messages_column)
+        needed.update(m.column for m in self.spec.request.media)
+        needed.update(self.spec.output.keep_columns)
+        if self.spec.input.id_column and self.input_format == "rows":
+            needed.add(self.spec.input.id_column)
+        return needed
+
+    def check_columns(self, columns: list[str], path: str) -> None:
+        """Refuse a spec that names a column the input does not have, naming the nearest one."""
+        if self.input_format != "rows":
+            return
+
+        for name in sorted(self.columns_needed()):
+            if name not in columns:
+                close = difflib.get_close_matches(name, columns, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; columns are: {', '.join(columns)}"
+                raise SpecError(f"the spec names column '{name}', which {path} does not have{hint}")
+
+    def render(self, record: Record) -> dict[str, Any]:
+        """The request body for one row."""
+        assert record.data is not None
+        if self.input_format == "openai-batch":
+            return self._batch_body(record.data)
+        body: dict[str, Any] = {}
+        if self.spec.model:
+            body["model"] = self.spec.model
+        body["messages"] = self._messages(record.data)
+        body.update(self.params)
+        if self.google:
+            body["extra_body"] = {"google": self.google}
+        return body
+
+    def _messages(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """The messages list: system + user from templates, or the row's own messages column."""
+        column = self.spec.request.messages_column
+        if column:
+            messages = data.get(column)
+            if isinstance(messages, str):
+                try:
+                    messages = json.loads(messages)
+                except json.JSONDecodeError as exc:
+                    raise RowInputError(f"column '{column}' is not a JSON messages list ({exc.msg})") from None
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise RowInputError(f"column '{column}' must hold a list of {{role, content}} messages")
+            result = list(messages)
+        else:
+            result = []
+            if self.system:
+                result.append({"role": "system", "content": self.system.render(data)})
+            assert self.prompt is not None
+            text = self.prompt.render(data)
+            parts = [_media_part(m, data.get(m.column)) for m in self.spec.request.media]
+            parts = [p for p in parts if p is not None]
+            content: Any = [{"type": "text", "text": text}, *parts] if parts else text
+            result.append({"role": "user", "content": content})
+        return result
+
+    def _batch_body(self, data: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI Batch line's body, sent as is; the spec's model and params fill what it lacks."""
+        body = data.get("body")
+        if not isinstance(body, dict) or "messages" not in body:
+            raise RowInputError("'body' must be an object with 'messages' (OpenAI Batch API format)")
+        result = dict(body)
+        if self.spec.model and "model" not in result:
+            result["model"] = self.spec.model
+        for key, value in self.params.items():
+            result.setdefault(key, value)
+        if self.google:
+            extra = dict(result.get("extra_body") or {})
+            extra.setdefault("google", self.google)
+            result["extra_body"] = extra
+        return result
+
+
+def _media_part(media: MediaSpec, value: Any) -> dict[str, Any] | None:
+    """One content part for a media column: URIs pass through, local files are inlined as data: URIs."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RowInputError(f"media column '{media.column}' must hold a path or URI, got {type(value).__name__}")
+    uri, mime = _media_uri(value, media)
+    if media.type == "audio":
+        audio_format = _AUDIO_FORMATS.get(mime, mime.split("/")[-1]) if mime else "wav"
+        data = uri.split(",", 1)[1] if uri.startswith("data:") else uri
+        return {"type": "input_audio", "input_audio": {"data": data, "format": audio_format}}
+    if media.type == "file":
+        return {"type": "file", "file": {"file_data": uri, "filename": value.rsplit("/", 1)[-1]}}
+    return {"type": "image_url", "image_url": {"url": uri}}
+
+
+def _media_uri(value: str, media: MediaSpec) -> tuple[str, str | None]:
+    """(uri, mime type) for a media value; local files are read and base64-encoded."""
+    if value.startswith("data:"):
+        return value, value[5:].split(";", 1)[0] or None
+    mime = mimetypes.guess_type(value)[0]
+    if value.startswith(("gs://", "https://", "http://")):
+        return value, mime
+    try:
+        raw = storage.read_bytes(value)
+    except OSError as exc:
+        raise RowInputError(
+            f"media column '{media.column}': cannot read {value} ({exc.strerror or exc}); "
+            "fix the path (relative paths resolve from the working directory)"
+        ) from None
+    mime = mime or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}", mime

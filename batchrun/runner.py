@@ -1,0 +1,318 @@
+"""The pool: source -> limits -> client -> results -> sink, with signals, shards and resume.
+
+One producer streams pending rows into a bounded queue; `concurrency` workers send them; the one
+writer commits finished rows. A signal stops the producer, gives in-flight requests a short grace,
+then saves every finished row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from batchrun.client import ChatClient
+from batchrun.endpoints import connect
+from batchrun.errors import InputError, RequestError, SpecError, StoppedError
+from batchrun.limits import Limits
+from batchrun.progress import Counters, Reporter, log_event
+from batchrun.prompts import Renderer, RowInputError
+from batchrun.results import ResultBuilder, Row, input_error
+from batchrun.schema import output_schema
+from batchrun.shards import Shard
+from batchrun.sink import Output, PartWriter
+from batchrun.sources import InputSummary, Record, Source, coerce_kept
+from batchrun.spec import JobSpec
+
+_FATAL_STATUSES = {401, 403, 404}
+_FATAL_AFTER = 10
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line adds to the spec for one run."""
+
+    limit: int | None = None
+    retry_errors: bool = False
+    force: bool = False
+    shard: Shard = field(default_factory=Shard)
+    interactive: bool = False
+    grace_s: float = 5.0
+    log_interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated job: its input summary and the renderer, checked against the first rows."""
+
+    spec: JobSpec
+    source: Source
+    summary: InputSummary
+    renderer: Renderer
+    first_request: dict[str, Any] | None
+
+
+def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
+    """Validate the spec against the input and render its first rows; sends nothing."""
+    source = Source(spec.input)
+    summary = source.summarize(spec.output.keep_columns, shard.owns if shard else None)
+    renderer = Renderer(spec, summary.format)
+    renderer.check_columns(summary.columns, spec.input.path)
+    first: dict[str, Any] | None = None
+    checked = 0
+    for batch in source.batches(size=64):
+        for record in batch:
+            if record.data is None:
+                continue
+            try:
+                body = renderer.render(record)
+            except RowInputError:
+                continue
+            first = first or body
+            checked += 1
+        if checked >= 5 or first is not None:
+            break
+    if first is None and summary.rows > summary.broken:
+        raise SpecError(
+            f"none of the first rows of {spec.input.path} renders into a request: "
+            "check request.prompt placeholders against the input's columns"
+        )
+    return Prepared(spec, source, summary, renderer, first)
+
+
+class Runner:
+    """One run of one shard of a job."""
+
+    def __init__(self, prepared: Prepared, options: RunOptions) -> None:
+        self.prepared = prepared
+        self.spec = prepared.spec
+        self.options = options
+        self.counters = Counters()
+        self.builder = ResultBuilder(
+            thought_marker=self.spec.request.google.get("thought_tag_marker"),
+            response_format=self.spec.request.params.get("response_format"),
+        )
+        keep = [pa.field(name, prepared.summary.types.get(name, pa.string())) for name in self.spec.output.keep_columns]
+        self.keep_types = {f.name: f.type for f in keep}
+        self.schema = output_schema(keep)
+        self.output = Output(self.spec.output.path, options.shard.tag)
+        self._stopping = asyncio.Event()
+        self._stop_reason: str | None = None
+        self._held: list[Row] = []
+        self._successes = 0
+
+    async def run(self) -> int:
+        """Run to completion or to a stop; returns the exit code."""
+        output, options = self.output, self.options
+        output.prepare(self.spec.fingerprint(), self.prepared.summary.identity, force=options.force)
+        if options.retry_errors:
+            dropped = output.drop_errors(options.shard.owns)
+            log_event("INFO", f"--retry-errors: {dropped} error rows will be sent again")
+        done = output.done_ids()
+        done = done.filter(done.map_elements(options.shard.owns, return_dtype=pl.Boolean)) if len(done) else done
+        counters = self.counters
+        counters.total = self.prepared.summary.owned
+        counters.already_done = len(done)
+        writer = PartWriter(
+            output, self.schema, flush_rows=self.spec.output.flush_rows, flush_seconds=self.spec.output.flush_seconds
+        )
+        self._install_signals()
+        reporter = Reporter(counters, self.spec.name, interactive=options.interactive,
+                            interval_s=options.log_interval_s)
+        with connect(self.spec.endpoint) as connection:
+            limits = Limits(self.spec.limits, share=options.shard.share)
+            client = ChatClient(connection, self.spec.retry, limits, counters,
+                                concurrency=self.spec.limits.concurrency)
+            writer.start()
+            reporter.start()
+            try:
+                limited = await self._pool(client, writer, done)
+            finally:
+                self._release_held(writer)
+                await writer.close()
+                await reporter.stop()
+                await client.close()
+        return self._exit_code(writer, limited)
+
+    def _exit_code(self, writer: PartWriter, limited: bool) -> int:
+        """0 when every row has a final result (or --limit was reached), else raise the reason to stop."""
+        if writer.failure is not None:
+            raise writer.failure
+        if self._stop_reason is not None:
+            raise StoppedError(
+                f"{self._stop_reason}; {writer.rows_written} rows saved this run, "
+                f"{self.counters.total - self.counters.already_done - self.counters.done} pending. "
+                "Run the same command again to resume"
+            )
+        if limited:
+            log_event("INFO", f"--limit reached: {writer.rows_written} rows saved; run again without --limit to finish")
+        return 0
+
+    def _install_signals(self) -> None:
+        """SIGTERM/SIGINT: stop taking rows; a second signal also cuts the grace period short."""
+        loop = asyncio.get_running_loop()
+
+        def stop(signame: str) -> None:
+            if self._stopping.is_set():
+                self.options = RunOptions(**{**self.options.__dict__, "grace_s": 0.0})
+            self.stop(f"stopped by {signame}")
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop, signal.Signals(signum).name)
+
+    def stop(self, reason: str) -> None:
+        """Stop dispatching new rows; in-flight ones get the grace period."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            log_event("WARNING", f"{self.spec.name}: {reason}; saving finished rows")
+        self._stopping.set()
+
+    async def _pool(self, client: ChatClient, writer: PartWriter, done: pl.Series) -> bool:
+        """Feed the workers and wait for them; returns True when --limit cut the run short."""
+        concurrency = self.spec.limits.concurrency
+        queue: asyncio.Queue[tuple[Record, dict[str, Any]] | None] = asyncio.Queue(maxsize=concurrency * 2)
+        workers = [asyncio.create_task(self._worker(queue, client, writer)) for _ in range(concurrency)]
+        producer = asyncio.create_task(self._produce(queue, writer, done))
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        closer: asyncio.Task[None] | None = None
+        limited = False
+        try:
+            await asyncio.wait([producer, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            if producer.done():
+                limited = producer.result()
+                closer = asyncio.create_task(_close(queue, len(workers)))
+                all_done: asyncio.Future[Any] = asyncio.gather(*workers)
+                waiting: list[asyncio.Future[Any]] = [all_done, stop_wait]
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if all_done.done():
+                    all_done.result()
+            if self._stopping.is_set():
+                producer.cancel()
+                await asyncio.wait(workers, timeout=self.options.grace_s)
+        finally:
+            for task in [*workers, producer, stop_wait, *([closer] if closer else [])]:
+                task.cancel()
+            await asyncio.gather(*workers, producer, stop_wait, return_exceptions=True)
+        return limited
+
+    async def _produce(
+        self, queue: asyncio.Queue[tuple[Record, dict[str, Any]] | None], writer: PartWriter, done: pl.Series
+    ) -> bool:
+        """Stream pending rows of this shard into the queue; rows that cannot render become input errors."""
+        owns = self.options.shard.owns
+        limit = self.options.limit
+        sent = 0
+        for batch in self.prepared.source.batches():
+            ids = [r.id for r in batch]
+            skip = pl.Series(ids, dtype=pl.String).is_in(done).to_list() if len(done) else [False] * len(ids)
+            for record, already in zip(batch, skip, strict=True):
+                if already or not owns(record.id):
+                    continue
+                if limit is not None and sent >= limit:
+                    return True
+                sent += 1
+                if record.data is None:
+                    self._finish(writer, input_error(record.id, record.error or "unreadable row"))
+                    continue
+                try:
+                    body = self.prepared.renderer.render(record)
+                except RowInputError as exc:
+                    where = f"{self.prepared.source.path}:{self.prepared.source.where} {record.line}"
+                    self._finish(writer, input_error(record.id, f"{where}: {exc}"))
+                    continue
+                await queue.put((record, body))
+            await asyncio.sleep(0)
+        return False
+
+    async def _worker(
+        self, queue: asyncio.Queue[tuple[Record, dict[str, Any]] | None], client: ChatClient, writer: PartWriter
+    ) -> None:
+        """Take rows until told to stop; each becomes exactly one row for the writer."""
+        while not self._stopping.is_set():
+            item = await queue.get()
+            if item is None or self._stopping.is_set():
+                return
+            record, body = item
+            row = await self._send(client, record, body)
+            self._finish(writer, row, record)
+
+    async def _send(self, client: ChatClient, record: Record, body: dict[str, Any]) -> Row:
+        """One row's request, retried by the client, as an ok or error row."""
+        check = self.builder.check if self.builder.wants_json else None
+        estimate = _estimate(body) if client.needs_estimate else 0
+        try:
+            answer = await client.complete(body, estimate, check)
+        except RequestError as exc:
+            return self.builder.failed(record.id, exc, attempts=exc.attempts)
+        self._successes += 1
+        self.counters.tokens += int((answer.response.get("usage") or {}).get("total_tokens") or 0)
+        return self.builder.ok(record.id, answer.response, attempts=answer.attempts,
+                               latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
+
+    def _finish(self, writer: PartWriter, row: Row, record: Record | None = None) -> None:
+        """Count a finished row and hand it to the writer (held back while the endpoint looks broken)."""
+        if record is not None and record.data is not None:
+            for name, type_ in self.keep_types.items():
+                row[name] = coerce_kept(record.data.get(name), type_)
+        if self._is_fatal_symptom(row):
+            self._held.append(row)
+            if len(self._held) >= _FATAL_AFTER:
+                self.stop(f"the endpoint refused the first {len(self._held)} requests "
+                          f"({row.get('error_message')}); check the model name, project and permissions")
+            return
+        self._release_held(writer)
+        self.counters.done += 1
+        if row["status"] == "ok":
+            self.counters.ok += 1
+        else:
+            self.counters.errors += 1
+        try:
+            writer.add(row)
+        except Exception as exc:
+            self.stop(str(exc))
+
+    def _is_fatal_symptom(self, row: Row) -> bool:
+        """A 401/403/404 before any success: possibly a wrong model or project, not a bad row."""
+        return (
+            self._successes == 0
+            and row["status"] == "error"
+            and row.get("http_status") in _FATAL_STATUSES
+            and self._stop_reason is None
+        )
+
+    def _release_held(self, writer: PartWriter) -> None:
+        """Write held-back rows once the endpoint proved healthy or the run ends without a fatal stop."""
+        if not self._held or (self._stop_reason is not None and len(self._held) >= _FATAL_AFTER):
+            return
+        held, self._held = self._held, []
+        for row in held:
+            self.counters.done += 1
+            self.counters.errors += 1
+            writer.add(row)
+
+
+async def _close(queue: asyncio.Queue[tuple[Record, dict[str, Any]] | None], workers: int) -> None:
+    """One end-of-work marker per worker, queued behind the last rows."""
+    for _ in range(workers):
+        await queue.put(None)
+
+
+def _estimate(body: dict[str, Any]) -> int:
+    """Tokens a request may use before it is sent: ~4 characters a token, plus the answer budget."""
+    text = json.dumps(body.get("messages", []), ensure_ascii=False)
+    budget = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+    return len(text) // 4 + int(budget)
+
+
+def run_job(spec: JobSpec, options: RunOptions) -> int:
+    """Validate, then run the job; the exit code follows design.md section 2."""
+    prepared = prepare(spec, options.shard)
+    if prepared.summary.rows == prepared.summary.broken:
+        raise InputError(f"{spec.input.path}: no line or row could be read; check the file format")
+    return asyncio.run(Runner(prepared, options).run())
+

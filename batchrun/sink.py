@@ -1,0 +1,210 @@
+"""Buffered Parquet parts, written whole by one writer: the committed parts are the checkpoint.
+
+A part file is written to a temporary name and renamed into place (locally) or PUT as one object
+(gs://), so a reader sees it whole or not at all. Every id appears in at most one committed part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import io
+import json
+import os
+import secrets
+import time
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchrun import storage
+from batchrun.errors import OutputError
+from batchrun.results import Row
+
+META_DIR = "_batchrun"
+PART_SUFFIX = ".parquet"
+
+
+class Output:
+    """The output directory: its fingerprint, its committed parts, and the ids they hold."""
+
+    def __init__(self, path: str, shard_tag: str) -> None:
+        self.path = path.rstrip("/")
+        self.shard_tag = shard_tag
+
+    @property
+    def meta_path(self) -> str:
+        """Where the job fingerprint lives (not a .parquet file, so scans skip it)."""
+        return storage.join(self.path, META_DIR, "job.json")
+
+    def prepare(self, fingerprint: str, identity: dict[str, Any], *, force: bool) -> None:
+        """Create the directory, refuse one written by another spec or input, and clean crash leftovers."""
+        storage.makedirs(self.path)
+        if storage.exists(self.meta_path):
+            meta = json.loads(storage.read_bytes(self.meta_path))
+            if (meta.get("fingerprint"), meta.get("input")) != (fingerprint, identity) and not force:
+                raise OutputError(
+                    f"{self.path} holds results of a different job spec or input "
+                    f"(fingerprint {meta.get('fingerprint')}, input {meta.get('input', {}).get('path')}). "
+                    "Use another output.path, or pass --force to add to it anyway"
+                )
+            if meta.get("fingerprint") == fingerprint and meta.get("input") == identity:
+                self._clean_temp()
+                return
+        record = {
+            "fingerprint": fingerprint,
+            "input": identity,
+            "written_at": datetime.datetime.now(datetime.UTC).isoformat(),
+        }
+        try:
+            storage.write_once(self.meta_path, json.dumps(record, indent=2).encode())
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write to the output directory ({exc.strerror})") from None
+        self._clean_temp()
+
+    def _clean_temp(self) -> int:
+        """Remove this shard's temporary files left by a killed run; other shards' are theirs to clean."""
+        if storage.is_remote(self.path):
+            return 0
+        removed = 0
+        for name in storage.list_files(self.path, ".tmp"):
+            if os.path.basename(name).startswith(f"part-{self.shard_tag}-"):
+                storage.remove(name)
+                removed += 1
+        return removed
+
+    def parts(self) -> list[str]:
+        """Every committed part file, all shards."""
+        return [p for p in storage.list_files(self.path, PART_SUFFIX) if f"/{META_DIR}/" not in p]
+
+    def table(self, columns: list[str]) -> pl.DataFrame:
+        """The chosen columns of every committed part."""
+        parts = self.parts()
+        if not parts:
+            return pl.DataFrame(schema={c: pl.String for c in columns})
+        frames = [pl.read_parquet(_source(p), columns=columns) for p in parts]
+        return pl.concat(frames, how="vertical_relaxed")
+
+    def done_ids(self) -> pl.Series:
+        """The ids that already have a saved row, for skipping on resume."""
+        return self.table(["id"]).get_column("id")
+
+    def drop_errors(self, in_shard: Any) -> int:
+        """Remove this shard's `error` rows so --retry-errors sends them again; each part is replaced whole."""
+        dropped = 0
+        for part in self.parts():
+            if f"part-{self.shard_tag}-" not in os.path.basename(part):
+                continue
+            table = pq.read_table(_source(part))
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
+            mask = (frame.get_column("status") == "error") & frame.get_column("id").map_elements(
+                in_shard, return_dtype=pl.Boolean
+            )
+            count = int(mask.sum())
+            if count == 0:
+                continue
+            kept = table.filter(pa.array((~mask).to_list()))
+            if kept.num_rows == 0:
+                storage.remove(part)
+            else:
+                storage.write_once(part, _encode(kept))
+            dropped += count
+        return dropped
+
+
+def _source(path: str) -> Any:
+    """A path polars/pyarrow can open: local paths as they are, remote ones as a file object."""
+    return storage.open_read(path) if storage.is_remote(path) else path
+
+
+def _encode(table: pa.Table) -> bytes:
+    """A whole Parquet file in memory, ready to be written in one go."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+class PartWriter:
+    """The one writer: workers hand it rows, it commits a part every `flush_rows` rows or `flush_seconds`."""
+
+    def __init__(self, output: Output, schema: pa.Schema, *, flush_rows: int, flush_seconds: float) -> None:
+        self._output = output
+        self._schema = schema
+        self._flush_rows = flush_rows
+        self._flush_seconds = flush_seconds
+        self._buffer: list[Row] = []
+        self._run_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+        self._sequence = 0
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failure: OutputError | None = None
+        self.rows_written = 0
+
+    def start(self) -> None:
+        """Run the periodic flush in the background."""
+        self._task = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    def add(self, row: Row) -> None:
+        """Queue one finished row; a full buffer wakes the writer at once."""
+        if self._failure is not None:
+            raise self._failure
+        self._buffer.append(row)
+        if len(self._buffer) >= self._flush_rows:
+            self._wake.set()
+
+    @property
+    def failure(self) -> OutputError | None:
+        """The write error that stopped the writer, if any."""
+        return self._failure
+
+    async def _flush_loop(self) -> None:
+        """Flush when the buffer fills or the interval passes, whichever comes first."""
+        deadline = time.monotonic() + self._flush_seconds
+        while True:
+            timeout = max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            await self.flush()
+            if self._failure is not None:
+                return
+            if time.monotonic() >= deadline or not self._buffer:
+                deadline = time.monotonic() + self._flush_seconds
+
+    async def flush(self) -> None:
+        """Commit the buffered rows as one part file, off the event loop."""
+        async with self._lock:
+            if not self._buffer or self._failure is not None:
+                return
+            rows, self._buffer = self._buffer, []
+            self._sequence += 1
+            name = f"part-{self._output.shard_tag}-{self._run_id}-{self._sequence:05d}{PART_SUFFIX}"
+            path = storage.join(self._output.path, name)
+            try:
+                await asyncio.to_thread(self._write, path, rows)
+            except OSError as exc:
+                self._failure = OutputError(
+                    f"{self._output.path}: writing {name} failed ({exc.strerror or exc}); "
+                    f"{self.rows_written} rows saved before stay; free space or fix permissions and run again",
+                    during_run=True,
+                )
+                return
+            self.rows_written += len(rows)
+
+    def _write(self, path: str, rows: list[Row]) -> None:
+        """Encode and write one part (runs in a thread)."""
+        table = pa.Table.from_pylist(rows, schema=self._schema)
+        storage.write_once(path, _encode(table))
+
+    async def close(self) -> None:
+        """Stop the periodic flush and commit whatever is left."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()

@@ -1,0 +1,97 @@
+"""Row -> request body: templates, messages columns, media parts, OpenAI Batch bodies, Google extras."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchrun.errors import SpecError
+from batchrun.prompts import Renderer, RowInputError
+from batchrun.sources import Record
+from batchrun.spec import parse_spec
+
+
+def make(request: dict[str, Any], fmt: str = "rows", **extra: Any) -> Renderer:
+    raw = {"name": "j", "input": {"path": "x.jsonl"}, "endpoint": {"kind": "simulator"},
+           "model": "google/gemini-2.5-flash", "request": request, "output": {"path": "o"}, **extra}
+    return Renderer(parse_spec(raw), fmt)
+
+
+def rec(data: dict[str, Any]) -> Record:
+    return Record(row=0, line=1, id="r", data=data)
+
+
+def test_system_and_prompt_template() -> None:
+    """system + prompt render over columns; params pass through; google goes to extra_body.google."""
+    r = make({"system": "You are {role}.", "prompt": "Review: {text}", "params": {"temperature": 0},
+              "google": {"thought_tag_marker": "think"}})
+    body = r.render(rec({"role": "a judge", "text": "good"}))
+    assert body == {
+        "model": "google/gemini-2.5-flash",
+        "messages": [{"role": "system", "content": "You are a judge."}, {"role": "user", "content": "Review: good"}],
+        "temperature": 0,
+        "extra_body": {"google": {"thought_tag_marker": "think"}},
+    }
+
+
+def test_missing_value_is_a_row_error() -> None:
+    """A null or missing column fails this row only."""
+    with pytest.raises(RowInputError, match="column 'text' is missing"):
+        make({"prompt": "{text}"}).render(rec({}))
+
+
+def test_unknown_column_is_a_spec_error_with_suggestion() -> None:
+    """A placeholder naming no column is refused before any request, with the nearest column."""
+    with pytest.raises(SpecError, match="column 'txt'.*did you mean 'text'"):
+        make({"prompt": "{txt}"}).check_columns(["id", "text"], "in.jsonl")
+
+
+def test_messages_column_json_string() -> None:
+    """A messages column may hold a list or its JSON text; extra_content passes untouched."""
+    msgs = [{"role": "user", "content": "hi", "extra_content": {"google": {"x": 1}}}]
+    r = make({"messages_column": "m"})
+    assert r.render(rec({"m": msgs}))["messages"] == msgs
+    import json
+
+    assert r.render(rec({"m": json.dumps(msgs)}))["messages"] == msgs
+    with pytest.raises(RowInputError):
+        r.render(rec({"m": "not json"}))
+
+
+def test_local_image_is_inlined_and_uris_pass_through(tmp_path: Path) -> None:
+    """Local media become data: URIs with their MIME type; gs:// stays a URI."""
+    image = tmp_path / "cat.png"
+    image.write_bytes(b"\x89PNG fake")
+    r = make({"prompt": "Describe", "media": [{"column": "img", "type": "image"}]})
+    parts = r.render(rec({"img": str(image)}))["messages"][0]["content"]
+    assert parts[1]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(b"\x89PNG fake").decode()
+    parts = r.render(rec({"img": "gs://bucket/a.jpg"}))["messages"][0]["content"]
+    assert parts[1] == {"type": "image_url", "image_url": {"url": "gs://bucket/a.jpg"}}
+
+
+def test_missing_media_file_is_a_row_error(tmp_path: Path) -> None:
+    """A missing local file names the path."""
+    r = make({"prompt": "Describe", "media": [{"column": "img", "type": "image"}]})
+    with pytest.raises(RowInputError, match="cannot read .*nope.png"):
+        r.render(rec({"img": str(tmp_path / "nope.png")}))
+
+
+def test_audio_part_has_format(tmp_path: Path) -> None:
+    """Audio goes as input_audio with base64 data and its format."""
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"RIFF....WAVE")
+    r = make({"prompt": "Transcribe", "media": [{"column": "a", "type": "audio"}]})
+    part = r.render(rec({"a": str(clip)}))["messages"][0]["content"][1]
+    assert part["type"] == "input_audio" and part["input_audio"]["format"] == "wav"
+    assert base64.b64decode(part["input_audio"]["data"]) == b"RIFF....WAVE"
+
+
+def test_openai_batch_body_is_sent_as_is_with_spec_defaults() -> None:
+    """The body is sent as is; the spec's model and params fill only what it lacks."""
+    r = make({"params": {"temperature": 0, "max_tokens": 10}}, fmt="openai-batch")
+    body = r.render(rec({"custom_id": "c", "body": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5}}))
+    assert body == {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5,
+                    "model": "google/gemini-2.5-flash", "temperature": 0}
