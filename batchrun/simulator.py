@@ -214,6 +214,14 @@ GEMINI_ROUTE = _Route(vertex=False, google_errors=True)
 class Simulator:
     """The simulator server; `start` binds a port, `stop` closes it."""
 
+    # per-run state, set by _reset_state
+    _counts: Counter[str]
+    _records: list[dict[str, Any]]
+    _rpm: SlidingWindow
+    _tpm: SlidingWindow
+    _seed: int
+    _rng: random.Random
+
     def __init__(self, config: SimulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic):
         self.config = config or SimulatorConfig()
         self.clock = clock  # monotonic seconds; tests pass a fake one to move quotas and expiry along
@@ -307,7 +315,8 @@ class Simulator:
         if fault in ("rate_429", "rate_500", "rate_503"):
             return self._error(int(fault[-3:]), route)
         if fault in ("rate_reset", "rate_hang"):
-            return await self._drop(request, hang=fault == "rate_hang")
+            await self._drop(request, hang=fault == "rate_hang")
+            return None
         broken_json = self._rng.random() < config.rate_invalid_json_answer
         try:
             model = _model(body, route)
@@ -453,7 +462,7 @@ class Simulator:
                 None if complete else ("invalid_request", "client_id, client_secret and refresh_token are required.")
             )
         else:
-            problem = ("unsupported_grant_type", f"Invalid grant_type: {grant}")
+            problem = ("unsupported_grant_type", f"Invalid grant_type: {grant!r}")
         if problem is not None:
             return _json({"error": problem[0], "error_description": problem[1]}, status=400)
         token, ttl = self._issue_token(), self.config.token_ttl_s
@@ -538,8 +547,8 @@ class Simulator:
         """A fresh run: requests still in flight stay counted as in flight."""
         in_flight = self.stats.in_flight
         self.stats = SimStats(in_flight=in_flight, max_in_flight=in_flight)
-        self._counts: Counter[str] = Counter()
-        self._records: list[dict[str, Any]] = []
+        self._counts = Counter()
+        self._records = []
         self._rpm, self._tpm = SlidingWindow(), SlidingWindow()
         self._seed = self.config.seed
         self._rng = random.Random(self._seed)
@@ -606,20 +615,19 @@ def make_service_account_info(token_uri: str, *, client_email: str = SERVICE_ACC
 
 
 def _checked(name: str, value: Any, annotation: str) -> Any:
-    """The value if its JSON type fits the field's annotation, else a ValueError naming the field."""
+    """The value if its JSON type fits the field's annotation (ints widen to float), else ValueError."""
     accepted = {part.strip() for part in annotation.split("|")}
-    if value is None and "None" in accepted:
-        return None
-    if isinstance(value, bool):
-        if "bool" in accepted:
-            return value
-    elif isinstance(value, int) and accepted & {"int", "float"}:
-        return float(value) if "int" not in accepted else value
-    elif isinstance(value, float) and "float" in accepted:
-        return value
-    elif isinstance(value, str) and "str" in accepted:
-        return value
-    raise ValueError(f"simulator setting {name!r} must be {annotation.replace(' | ', ' or ')}, not {value!r}")
+    if value is None:
+        fits = "None" in accepted
+    elif isinstance(value, bool):
+        fits = "bool" in accepted
+    elif isinstance(value, int | float):
+        fits = "float" in accepted or (isinstance(value, int) and "int" in accepted)
+    else:
+        fits = isinstance(value, str) and "str" in accepted
+    if not fits:
+        raise ValueError(f"simulator setting {name!r} must be {annotation.replace(' | ', ' or ')}, not {value!r}")
+    return float(value) if "float" in accepted and isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _model(body: Mapping[str, Any], route: _Route) -> str:
