@@ -71,30 +71,32 @@ class Renderer:
         self.params = dict(request.params)
         self.google = dict(request.google)
 
-    def columns_needed(self) -> set[str]:
-        """Every input column the spec reads, for the check against the input's columns."""
-        needed: set[str] = set()
-        for template in (self.system, self.prompt):
-            if template:
-                needed.update(template.fields)
-        if self.spec.request.messages_column:
-            needed.add(self.spec.request.messages_column)
-        needed.update(m.column for m in self.spec.request.media)
-        needed.update(self.spec.output.keep_columns)
+    def columns_needed(self) -> dict[str, str]:
+        """Every input column the spec reads, with the spec key that names it."""
+        request = self.spec.request
+        needed: dict[str, str] = {}
+        for key, template in (("request.system", self.system), ("request.prompt", self.prompt)):
+            for name in template.fields if template else ():
+                needed.setdefault(name, key)
+        if request.messages_column:
+            needed[request.messages_column] = "request.messages_column"
+        for media in request.media:
+            needed.setdefault(media.column, "request.media")
+        for name in self.spec.output.keep_columns:
+            needed.setdefault(name, "output.keep_columns")
         if self.spec.input.id_column and self.input_format == "rows":
-            needed.add(self.spec.input.id_column)
+            needed[self.spec.input.id_column] = "input.id_column"
         return needed
 
     def check_columns(self, columns: list[str], path: str) -> None:
-        """Refuse a spec that names a column the input does not have, naming the nearest one."""
+        """Refuse a spec that names a column the input does not have, naming the key and the nearest column."""
         if self.input_format != "rows":
             return
-
-        for name in sorted(self.columns_needed()):
+        for name, key in sorted(self.columns_needed().items()):
             if name not in columns:
                 close = difflib.get_close_matches(name, columns, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; columns are: {', '.join(columns)}"
-                raise SpecError(f"the spec names column '{name}', which {path} does not have{hint}")
+                hint = f"did you mean '{close[0]}'?" if close else f"its columns are: {', '.join(columns)}"
+                raise SpecError(f"{key} names column '{name}', which {path} does not have; {hint}")
 
     def render(self, record: Record) -> dict[str, Any]:
         """The request body for one row."""

@@ -151,7 +151,21 @@ class Runner:
             )
         if limited:
             log_event("INFO", f"--limit reached: {writer.rows_written} rows saved; run again without --limit to finish")
+            return 0
+        self._verify_complete()
         return 0
+
+    def _verify_complete(self) -> None:
+        """Read back which ids are saved: exit 0 only when every row of this shard is on disk."""
+        saved = self.output.done_ids()
+        owns = self.options.shard.owns
+        count = sum(1 for rid in saved.to_list() if owns(rid))
+        missing = self.prepared.summary.owned - count
+        if missing > 0:
+            raise StoppedError(
+                f"{missing} rows of this run have no saved result in {self.output.path}; "
+                "run the same command again to send them"
+            )
 
     def _install_signals(self) -> None:
         """SIGTERM/SIGINT: stop taking rows; a second signal also cuts the grace period short."""

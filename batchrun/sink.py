@@ -143,6 +143,7 @@ class PartWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failure: OutputError | None = None
+        self._closing = False
         self.rows_written = 0
 
     def start(self) -> None:
@@ -165,7 +166,7 @@ class PartWriter:
     async def _flush_loop(self) -> None:
         """Flush when the buffer fills or the interval passes, whichever comes first."""
         deadline = time.monotonic() + self._flush_seconds
-        while True:
+        while not self._closing:
             timeout = max(0.0, deadline - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -185,8 +186,13 @@ class PartWriter:
             self._sequence += 1
             name = f"part-{self._output.shard_tag}-{self._run_id}-{self._sequence:05d}{PART_SUFFIX}"
             path = storage.join(self._output.path, name)
+            write = asyncio.ensure_future(asyncio.to_thread(self._write, path, rows))
             try:
-                await asyncio.to_thread(self._write, path, rows)
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    await write  # rows handed to the thread are committed (or reported) before giving up
+                    raise
             except OSError as exc:
                 self._failure = OutputError(
                     f"{self._output.path}: writing {name} failed ({exc.strerror or exc}); "

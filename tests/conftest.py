@@ -92,7 +92,11 @@ class Job:
         """The same, started in the background (to be killed or signalled)."""
         return subprocess.Popen(
             [sys.executable, "-m", "batchrun", args[0], str(self.spec), *args[1:]],
-            env=self.env, cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=self.env,
+            cwd=self.dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def table(self) -> pl.DataFrame:
@@ -113,7 +117,11 @@ def run_cli(
     """The real entry point in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "batchrun", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -15,8 +15,15 @@ from batchrun.spec import parse_spec
 
 
 def make(request: dict[str, Any], fmt: str = "rows", **extra: Any) -> Renderer:
-    raw = {"name": "j", "input": {"path": "x.jsonl"}, "endpoint": {"kind": "simulator"},
-           "model": "google/gemini-2.5-flash", "request": request, "output": {"path": "o"}, **extra}
+    raw = {
+        "name": "j",
+        "input": {"path": "x.jsonl"},
+        "endpoint": {"kind": "simulator"},
+        "model": "google/gemini-2.5-flash",
+        "request": request,
+        "output": {"path": "o"},
+        **extra,
+    }
     return Renderer(parse_spec(raw), fmt)
 
 
@@ -26,8 +33,14 @@ def rec(data: dict[str, Any]) -> Record:
 
 def test_system_and_prompt_template() -> None:
     """system + prompt render over columns; params pass through; google goes to extra_body.google."""
-    r = make({"system": "You are {role}.", "prompt": "Review: {text}", "params": {"temperature": 0},
-              "google": {"thought_tag_marker": "think"}})
+    r = make(
+        {
+            "system": "You are {role}.",
+            "prompt": "Review: {text}",
+            "params": {"temperature": 0},
+            "google": {"thought_tag_marker": "think"},
+        }
+    )
     body = r.render(rec({"role": "a judge", "text": "good"}))
     assert body == {
         "model": "google/gemini-2.5-flash",
@@ -45,7 +58,7 @@ def test_missing_value_is_a_row_error() -> None:
 
 def test_unknown_column_is_a_spec_error_with_suggestion() -> None:
     """A placeholder naming no column is refused before any request, with the nearest column."""
-    with pytest.raises(SpecError, match="column 'txt'.*did you mean 'text'"):
+    with pytest.raises(SpecError, match="request.prompt names column 'txt'.*did you mean 'text'"):
         make({"prompt": "{txt}"}).check_columns(["id", "text"], "in.jsonl")
 
 
@@ -93,5 +106,9 @@ def test_openai_batch_body_is_sent_as_is_with_spec_defaults() -> None:
     """The body is sent as is; the spec's model and params fill only what it lacks."""
     r = make({"params": {"temperature": 0, "max_tokens": 10}}, fmt="openai-batch")
     body = r.render(rec({"custom_id": "c", "body": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5}}))
-    assert body == {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5,
-                    "model": "google/gemini-2.5-flash", "temperature": 0}
+    assert body == {
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 5,
+        "model": "google/gemini-2.5-flash",
+        "temperature": 0,
+    }

@@ -12,26 +12,46 @@ from batchrun.errors import InvalidOutputError
 from batchrun.results import ResultBuilder, StreamAssembler
 
 
-def response(message: dict[str, Any] | None, usage: dict[str, Any] | None = None, finish: str = "stop") -> dict[str, Any]:
+def response(
+    message: dict[str, Any] | None, usage: dict[str, Any] | None = None, finish: str = "stop"
+) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
     if message is not None:
         choice["message"] = message
-    return {"id": "resp1", "model": "google/gemini-2.5-flash", "choices": [choice],
-            "usage": usage or {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
-                               "extra_properties": {"google": {"traffic_type": "ON_DEMAND"}}}}
+    return {
+        "id": "resp1",
+        "model": "google/gemini-2.5-flash",
+        "choices": [choice],
+        "usage": usage
+        or {
+            "prompt_tokens": 3,
+            "completion_tokens": 2,
+            "total_tokens": 5,
+            "extra_properties": {"google": {"traffic_type": "ON_DEMAND"}},
+        },
+    }
 
 
 def build(resp: dict[str, Any], **kw: Any) -> dict[str, Any]:
     return ResultBuilder(**{"thought_marker": None, "response_format": None, **kw}).ok(
-        "r1", resp, attempts=1, latency_ms=5.0, ttft_ms=None)
+        "r1", resp, attempts=1, latency_ms=5.0, ttft_ms=None
+    )
 
 
 def test_usage_and_traffic_type() -> None:
     """Token counts and traffic_type come from usage."""
-    row = build(response({"role": "assistant", "content": "hi"},
-                         {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 9,
-                          "completion_tokens_details": {"reasoning_tokens": 4},
-                          "extra_properties": {"google": {"traffic_type": "PROVISIONED_THROUGHPUT"}}}))
+    row = build(
+        response(
+            {"role": "assistant", "content": "hi"},
+            {
+                "prompt_tokens": 3,
+                "completion_tokens": 2,
+                "total_tokens": 9,
+                "completion_tokens_details": {"reasoning_tokens": 4},
+                "extra_properties": {"google": {"traffic_type": "PROVISIONED_THROUGHPUT"}},
+            },
+        )
+    )
     assert (row["content"], row["prompt_tokens"], row["reasoning_tokens"], row["total_tokens"]) == ("hi", 3, 4, 9)
     assert row["traffic_type"] == "PROVISIONED_THROUGHPUT" and row["status"] == "ok"
 
@@ -51,8 +71,13 @@ def test_cut_off_response_without_message_is_ok_with_nulls() -> None:
 
 def test_json_schema_answer_is_parsed_and_checked() -> None:
     """A JSON answer that fits the schema goes to parsed; one that does not raises InvalidOutputError."""
-    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "x",
+            "schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+        },
+    }
     row = build(response({"content": '{"n": 1}'}), response_format=fmt)
     assert json.loads(row["parsed"]) == {"n": 1}
     builder = ResultBuilder(thought_marker=None, response_format=fmt)
@@ -64,11 +89,16 @@ def test_json_schema_answer_is_parsed_and_checked() -> None:
 
 def test_tool_calls_keep_thought_signature() -> None:
     """Every call with id, name, arguments and Google's thought_signature."""
-    call = {"id": "function-call-1", "type": "function", "function": {"name": "f", "arguments": "{}"},
-            "extra_content": {"google": {"thought_signature": "sig"}}}
+    call = {
+        "id": "function-call-1",
+        "type": "function",
+        "function": {"name": "f", "arguments": "{}"},
+        "extra_content": {"google": {"thought_signature": "sig"}},
+    }
     row = build(response({"content": None, "tool_calls": [call]}, finish="tool_calls"))
-    assert json.loads(row["tool_calls"]) == [{"id": "function-call-1", "name": "f", "arguments": "{}",
-                                              "thought_signature": "sig"}]
+    assert json.loads(row["tool_calls"]) == [
+        {"id": "function-call-1", "name": "f", "arguments": "{}", "thought_signature": "sig"}
+    ]
 
 
 def test_generated_image_bytes() -> None:
@@ -82,13 +112,54 @@ def test_stream_assembly_keys_tool_calls_by_id() -> None:
     """Streamed argument pieces join per call id even when indexes disagree (as Vertex sends them)."""
     a = StreamAssembler()
     chunks = [
-        {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
-            {"id": "c1", "index": 1, "function": {"name": "w", "arguments": ""},
-             "extra_content": {"google": {"thought_signature": "s"}}}]}}]},
-        {"choices": [{"index": 0, "delta": {"tool_calls": [{"id": "c1", "index": 0, "function": {"name": "w", "arguments": '{"a":'}}]}}]},
-        {"choices": [{"index": 0, "delta": {"tool_calls": [{"id": "c1", "index": 0, "function": {"name": "w", "arguments": "1}"}}]}}]},
-        {"choices": [{"index": 0, "delta": {"tool_calls": [{"id": "c2", "index": 1, "function": {"name": "w", "arguments": "{}"}}]},
-                      "finish_reason": "tool_calls"}], "usage": {"total_tokens": 7}},
+        {
+            "id": "x",
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "id": "c1",
+                                "index": 1,
+                                "function": {"name": "w", "arguments": ""},
+                                "extra_content": {"google": {"thought_signature": "s"}},
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [{"id": "c1", "index": 0, "function": {"name": "w", "arguments": '{"a":'}}]
+                    },
+                }
+            ]
+        },
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"id": "c1", "index": 0, "function": {"name": "w", "arguments": "1}"}}]},
+                }
+            ]
+        },
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"id": "c2", "index": 1, "function": {"name": "w", "arguments": "{}"}}]},
+                    "finish_reason": "tool_calls",
+                }
+            ],
+            "usage": {"total_tokens": 7},
+        },
     ]
     for chunk in chunks:
         a.add(chunk)

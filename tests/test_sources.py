@@ -89,8 +89,12 @@ def test_truncated_parquet_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_openai_batch_format_is_detected(tmp_path: Path) -> None:
     """custom_id/body lines are an OpenAI Batch file; custom_id is the id."""
-    line = {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"messages": [{"role": "user", "content": "hi"}]}}
+    line = {
+        "custom_id": "req-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user", "content": "hi"}]},
+    }
     source = Source(InputSpec(path=jsonl(tmp_path, [json.dumps(line)])))
     assert source.format == "openai-batch"
     assert [r.id for b in source.batches() for r in b] == ["req-1"]

@@ -55,7 +55,9 @@ def test_env_expansion_with_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """${VAR} and ${VAR:-default} expand from the environment."""
     monkeypatch.setenv("BR_PROJECT", "p1")
     monkeypatch.delenv("BR_UNSET", raising=False)
-    spec = parse_spec(spec_with(endpoint={"kind": "vertex", "project": "${BR_PROJECT}", "location": "${BR_UNSET:-global}"}))
+    spec = parse_spec(
+        spec_with(endpoint={"kind": "vertex", "project": "${BR_PROJECT}", "location": "${BR_UNSET:-global}"})
+    )
     assert spec.endpoint.project == "p1"
     assert spec.endpoint.location == "global"
 
