@@ -1,0 +1,139 @@
+"""The writer and the output directory: whole parts, flushes by size and time, resume state, fingerprints."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from batchrun.errors import OutputError
+from batchrun.schema import output_schema
+from batchrun.sink import Output, PartWriter
+
+
+def row(rid: str, status: str = "ok") -> dict[str, object]:
+    return {"id": rid, "status": status, "finished_at": datetime.datetime.now(datetime.UTC)}
+
+
+def read(path: Path) -> pl.DataFrame:
+    return pl.scan_parquet(f"{path}/**/*.parquet").collect()
+
+
+def test_flush_by_rows_and_on_close(tmp_path: Path) -> None:
+    """A full buffer becomes a part at once; close() commits the rest."""
+
+    async def main() -> None:
+        writer = PartWriter(Output(str(tmp_path), "0000of0001"), output_schema([]), flush_rows=3, flush_seconds=60)
+        writer.start()
+        for i in range(3):
+            writer.add(row(f"r{i}"))
+        for _ in range(200):
+            if list(tmp_path.glob("*.parquet")):
+                break
+            await asyncio.sleep(0.01)
+        assert len(list(tmp_path.glob("*.parquet"))) == 1
+        writer.add(row("r3"))
+        await writer.close()
+
+    asyncio.run(main())
+    assert sorted(read(tmp_path)["id"]) == ["r0", "r1", "r2", "r3"]
+    assert len(list(tmp_path.glob("*.parquet"))) == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_flush_by_time(tmp_path: Path) -> None:
+    """A part is committed after flush_seconds even when the buffer is not full."""
+
+    async def main() -> None:
+        writer = PartWriter(Output(str(tmp_path), "t"), output_schema([]), flush_rows=1000, flush_seconds=0.05)
+        writer.start()
+        writer.add(row("a"))
+        for _ in range(200):
+            if list(tmp_path.glob("*.parquet")):
+                break
+            await asyncio.sleep(0.01)
+        assert list(tmp_path.glob("*.parquet")), "no time-based flush"
+        await writer.close()
+
+    asyncio.run(main())
+
+
+def test_cancelled_flush_still_commits_its_rows(tmp_path: Path) -> None:
+    """Cancelling a task that is waiting on a flush never drops the rows handed to the writer thread."""
+
+    async def main() -> None:
+        writer = PartWriter(Output(str(tmp_path), "t"), output_schema([]), flush_rows=1000, flush_seconds=60)
+        for i in range(50):
+            writer.add(row(f"r{i}"))
+        flushing = asyncio.ensure_future(writer.flush())
+        await asyncio.sleep(0)
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        await writer.close()
+
+    asyncio.run(main())
+    assert read(tmp_path).height == 50
+
+
+def test_failed_write_is_reported_and_keeps_earlier_parts(tmp_path: Path) -> None:
+    """A write error stops the writer with a message naming the part; the error is the run's exit 3."""
+    out = tmp_path / "out"
+
+    async def main() -> PartWriter:
+        writer = PartWriter(Output(str(out), "t"), output_schema([]), flush_rows=1000, flush_seconds=60)
+        writer.add(row("a"))
+        await writer.flush()
+        saved = next(out.glob("*.parquet"))
+        saved.rename(tmp_path / saved.name)
+        out.rmdir()
+        out.write_text("a file where the output directory was")  # even root cannot write below a file
+        writer.add(row("b"))
+        await writer.flush()
+        return writer
+
+    writer = asyncio.run(main())
+    assert writer.failure is not None and "writing part-t-" in writer.failure.message
+    assert "1 rows saved before stay" in writer.failure.message
+    assert writer.failure.exit_code == 3
+    with pytest.raises(OutputError):
+        writer.add(row("c"))
+
+
+def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
+    """Another spec's output is refused unless forced; the same spec resumes."""
+    output = Output(str(tmp_path), "t")
+    output.prepare("fp1", {"path": "in.jsonl", "size": 1}, force=False)
+    output.prepare("fp1", {"path": "in.jsonl", "size": 1}, force=False)
+    with pytest.raises(OutputError, match="different job spec or input"):
+        output.prepare("fp2", {"path": "in.jsonl", "size": 1}, force=False)
+    output.prepare("fp2", {"path": "in.jsonl", "size": 1}, force=True)
+
+
+def test_temp_files_of_this_shard_are_cleaned(tmp_path: Path) -> None:
+    """Leftover temporary parts of this shard are removed at start; other shards' are left to them."""
+    (tmp_path / "part-0000of0002-x-00001.parquet.123.tmp").write_bytes(b"half")
+    (tmp_path / "part-0001of0002-x-00001.parquet.456.tmp").write_bytes(b"half")
+    Output(str(tmp_path), "0000of0002").prepare("fp", {}, force=False)
+    assert [p.name for p in tmp_path.glob("*.tmp")] == ["part-0001of0002-x-00001.parquet.456.tmp"]
+
+
+def test_drop_errors_replaces_parts_whole(tmp_path: Path) -> None:
+    """--retry-errors removes this shard's error rows; ok rows and other shards' rows stay."""
+
+    async def write(tag: str, rows: list[dict[str, object]]) -> None:
+        writer = PartWriter(Output(str(tmp_path), tag), output_schema([]), flush_rows=1000, flush_seconds=60)
+        for r in rows:
+            writer.add(r)
+        await writer.close()
+
+    asyncio.run(write("a", [row("1"), row("2", "error")]))
+    asyncio.run(write("a", [row("3", "error")]))
+    asyncio.run(write("b", [row("4", "error")]))
+    dropped = Output(str(tmp_path), "a").drop_errors(lambda rid: True)
+    assert dropped == 2
+    assert sorted(read(tmp_path)["id"]) == ["1", "4"]
+    assert len(list(tmp_path.glob("*.parquet"))) == 2
