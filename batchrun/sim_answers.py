@@ -4,7 +4,8 @@ Pure functions only (no HTTP, no clock), so the answer logic is tested without a
 
     read_conversation(messages)     tolerant parse: prompt text, token counts, media parts
     build_answer(body, conv, ...)   the choices, finish_reason and usage numbers of one request
-    Choice.message() / .deltas()    the same choice as a whole message or as stream deltas
+    Answer.completion() / .chunks() the response body, or the stream's chunks, around an id and model
+    Choice.message() / .deltas()    one choice as a whole message or as stream deltas
 
 Anything Vertex would refuse raises `InvalidArgument`, which the server turns into a 400.
 """
@@ -24,7 +25,7 @@ import uuid
 import wave
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 IMAGE_PROMPT_TOKENS = 258  # Gemini bills a small image as 258 tokens
@@ -37,14 +38,9 @@ MAX_CHOICES = 8  # Vertex's candidateCount limit
 FULL_SCHEMA_DEPTH = 3  # deeper than this, schemas get only what they require, so recursion ends
 MAX_SCHEMA_DEPTH = 32
 SENTIMENT_QUESTION = re.compile(r"positive,\s*negative,?\s*or\s*neutral", re.IGNORECASE)
-POSITIVE = re.compile(
-    r"\b(love|great|excellent|amazing|awesome|perfect|fantastic|wonderful|happy|best|good|recommend)",
-    re.IGNORECASE,
-)
-NEGATIVE = re.compile(
-    r"\b(terrible|broke|refund|awful|worst|bad|disappoint|poor|return|hate|useless|waste|defect)",
-    re.IGNORECASE,
-)
+# word stems, matched on lowercased text (cheaper than IGNORECASE)
+POSITIVE = re.compile(r"\b(love|great|excellent|amazing|awesome|perfect|fantastic|wonderful|happy|best|good|recommend)")
+NEGATIVE = re.compile(r"\b(terrible|broke|refund|awful|worst|bad|disappoint|poor|return|hate|useless|waste|defect)")
 PLACE = r"[A-Z][\w'-]*(?: [A-Z][\w'-]*)*"
 PLACES = re.compile(rf"\b(?:in|for|at) ({PLACE})(?: and ({PLACE}))?")
 MEDIA_NOUNS = {"image": "image", "audio": "audio clip", "video": "video", "file": "file"}
@@ -132,6 +128,29 @@ class Answer:
         """Vertex's total: prompt + completion + reasoning."""
         return self.prompt_tokens + (self.completion_tokens or 0) + self.reasoning_tokens
 
+    def completion(self, head: dict[str, Any], traffic_type: str) -> dict[str, Any]:
+        """A chat.completion around `head` (id, created, model); cut off, the choice has no message."""
+        choices: list[dict[str, Any]] = [
+            {"finish_reason": self.finish_reason, "index": i, "logprobs": None, "message": c.message()}
+            for i, c in enumerate(self.choices)
+        ] or [{"finish_reason": self.finish_reason, "index": 0}]
+        usage = self.usage(traffic_type)
+        return {**head, "choices": choices, "object": "chat.completion", "system_fingerprint": "", "usage": usage}
+
+    def chunks(self, head: dict[str, Any], traffic_type: str) -> list[dict[str, Any]]:
+        """Stream chunks: each choice's deltas, its last with finish_reason; usage only on the very last."""
+        head = {**head, "object": "chat.completion.chunk", "system_fingerprint": ""}
+        per_choice = [c.deltas(self.stream_arguments) for c in self.choices] or [[{"role": "assistant"}]]
+        chunks: list[dict[str, Any]] = []
+        for index, deltas in enumerate(per_choice):
+            for k, delta in enumerate(deltas):
+                choice: dict[str, Any] = {"delta": delta, "index": index, "logprobs": None}
+                if k == len(deltas) - 1:
+                    choice["finish_reason"] = self.finish_reason
+                chunks.append({**head, "choices": [choice]})
+        chunks[-1]["usage"] = self.usage(traffic_type)
+        return chunks
+
     def usage(self, traffic_type: str) -> dict[str, Any]:
         """The `usage` object; reasoning details only when the model thought."""
         usage: dict[str, Any] = {
@@ -164,6 +183,15 @@ def read_conversation(messages: object) -> Conversation:
 
 def build_answer(body: Mapping[str, Any], conv: Conversation, *, model: str, broken_json: bool) -> Answer:
     """Answer one request as Gemini would shape it; raise InvalidArgument where Vertex answers 400."""
+    try:
+        return _answer(body, conv, model, broken_json)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        # a field of an unexpected JSON type somewhere in the body: Vertex refuses those too
+        raise InvalidArgument(f"Malformed request ({type(exc).__name__}: {exc}).") from exc
+
+
+def _answer(body: Mapping[str, Any], conv: Conversation, model: str, broken_json: bool) -> Answer:
+    """build_answer's work, on a body whose odd shapes may raise anything."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidArgument("messages must be a non-empty list.")
@@ -201,7 +229,8 @@ def describe_media(parts: tuple[MediaPart, ...]) -> str:
 
 def classify(text: str) -> str:
     """Sentiment by keyword counts: the answer a sample review job expects."""
-    score = len(POSITIVE.findall(text)) - len(NEGATIVE.findall(text))
+    lowered = text.lower()
+    score = len(POSITIVE.findall(lowered)) - len(NEGATIVE.findall(lowered))
     return "positive" if score > 0 else "negative" if score < 0 else "neutral"
 
 
@@ -244,9 +273,8 @@ def png_bytes(seed: str) -> bytes:
 def wav_bytes(seed: str) -> bytes:
     """A valid 0.1 s mono WAV tone whose pitch comes from the seed's hash."""
     rate, pitch = 8000, 220 + hashlib.sha256(seed.encode()).digest()[0] * 2
-    samples = b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * pitch * i / rate))) for i in range(rate // 10)
-    )
+    levels = [int(8000 * math.sin(2 * math.pi * pitch * i / rate)) for i in range(rate // 10)]
+    samples = struct.pack(f"<{len(levels)}h", *levels)
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(1)
@@ -287,28 +315,29 @@ def _media_part(part: object) -> MediaPart | None:
     if "image_url" in part:
         image = part["image_url"]
         ref = str(image.get("url", "") if isinstance(image, dict) else image)
-        mime = _mime_of(ref, "image/jpeg")
+        mime = _mime_of(ref, None, "image/jpeg")
         return MediaPart(_kind_of(mime), ref, mime)
     if isinstance(part.get("input_audio"), dict):
         audio = part["input_audio"]
-        declared = str(audio.get("format", "wav"))
+        form = str(audio.get("format", "wav"))
         ref = str(audio.get("data", ""))
-        return MediaPart("audio", ref, _mime_of(ref, declared if "/" in declared else f"audio/{declared}"))
+        return MediaPart("audio", ref, _mime_of(ref, form if "/" in form else f"audio/{form}", "audio/wav"))
     if isinstance(part.get("file"), dict):
         file = part["file"]
         ref = str(file.get("file_data") or file.get("file_id") or "")
-        default = mimetypes.guess_type(str(file.get("filename", "")))[0] or "application/octet-stream"
-        return MediaPart("file", ref, _mime_of(ref, default))
+        named = mimetypes.guess_type(str(file.get("filename", "")))[0]
+        return MediaPart("file", ref, _mime_of(ref, named, "application/octet-stream"))
     return None
 
 
-def _mime_of(ref: str, default: str) -> str:
-    """The MIME type a data: URI declares, else one guessed from a URI's extension."""
+def _mime_of(ref: str, declared: str | None, fallback: str) -> str:
+    """The type a data: URI states, else the part's declared type, else a guess from the URI."""
     if ref.startswith("data:"):
-        return ref[5:].split(";", 1)[0].split(",", 1)[0] or default
-    if ref.startswith(("gs://", "http://", "https://")):
-        return mimetypes.guess_type(ref)[0] or default
-    return default
+        return ref[5:].split(";", 1)[0].split(",", 1)[0] or declared or fallback
+    if declared:
+        return declared
+    guessed = mimetypes.guess_type(ref)[0] if ref.startswith(("gs://", "http://", "https://")) else None
+    return guessed or fallback
 
 
 def _kind_of(mime: str) -> str:
@@ -439,7 +468,7 @@ def _with_text(choice: Choice, text: str, thoughts: str | None, marker: object) 
         pieces = [f"<{marker}>{thoughts}</{marker}>", *pieces]
     elif thoughts:
         pieces = [f"{thoughts}\n\n", *pieces]
-    return Choice(tuple(pieces), choice.tool_calls, choice.media, choice.signature)
+    return replace(choice, pieces=tuple(pieces))
 
 
 def _text_answer(prompt: str, media_note: str) -> str:

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import difflib
+import functools
 import json
 import math
 import random
@@ -71,6 +72,15 @@ API_KEY_REFUSED = (
     "credentials that assert a principal. See https://cloud.google.com/docs/authentication"
 )
 BAD_API_KEY = "Incorrect API key provided."
+METADATA = {  # text answers of the metadata server, by path under /computeMetadata/v1
+    "/": "instance/\nproject/\n",
+    "/project/project-id": PROJECT,
+    "/universe/universe-domain": "googleapis.com",
+    "/instance/service-accounts/default/": "aliases\nemail\nscopes\ntoken\n",
+    "/instance/service-accounts/default/email": SERVICE_ACCOUNT,
+}
+STATUS_FAULTS = {"rate_429": 429, "rate_500": 500, "rate_503": 503}
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # built once: json.dumps builds one per call
 _PUBLIC_KEYS: dict[str, rsa.RSAPublicKey] = {}  # private_key_id -> key, for make_service_account_info's keys
 
 
@@ -78,28 +88,28 @@ _PUBLIC_KEYS: dict[str, rsa.RSAPublicKey] = {}  # private_key_id -> key, for mak
 class SimulatorConfig:
     """Faults, quotas and auth rules; any field can change while the simulator runs."""
 
-    latency_s: float = 0.0
-    latency_jitter_s: float = 0.0
-    rpm_quota: int | None = None
-    tpm_quota: int | None = None
-    rate_429: float = 0.0
+    latency_s: float = 0.0  # added to every answer; a stream's first chunk comes after half of it
+    latency_jitter_s: float = 0.0  # up to this much more, drawn from the seeded generator
+    rpm_quota: int | None = None  # requests per sliding minute; over it -> 429
+    tpm_quota: int | None = None  # prompt + output tokens per sliding minute; over it -> 429
+    rate_429: float = 0.0  # fractions of chat requests that get each random fault
     rate_500: float = 0.0
     rate_503: float = 0.0
-    rate_reset: float = 0.0
-    rate_hang: float = 0.0
-    rate_truncated: float = 0.0
-    rate_invalid_json_answer: float = 0.0
-    retry_after_s: float | None = None
-    storm_until: float = 0.0
-    token_ttl_s: int = 3600
-    revoke_every_s: float | None = None
-    token_fail_until: float = 0.0
-    require_auth: bool = True
-    api_key: str | None = None
-    traffic_type: str = "ON_DEMAND"
-    max_body_bytes: int = 20 * 1024 * 1024
-    record: bool = False
-    seed: int = 0
+    rate_reset: float = 0.0  # connection closed without an answer
+    rate_hang: float = 0.0  # never answered: the client's timeout must fire
+    rate_truncated: float = 0.0  # 200 with half a body
+    rate_invalid_json_answer: float = 0.0  # response_format answers whose content is not JSON
+    retry_after_s: float | None = None  # 429s then carry Retry-After and a RetryInfo detail
+    storm_until: float = 0.0  # monotonic deadline: every chat request gets 429 until then
+    token_ttl_s: int = 3600  # expires_in of issued access tokens
+    revoke_every_s: float | None = None  # all issued tokens are revoked this often
+    token_fail_until: float = 0.0  # monotonic deadline: the token endpoint answers 503 until then
+    require_auth: bool = True  # Vertex paths need a Bearer token this simulator issued
+    api_key: str | None = None  # the key OpenAI-style paths accept (and Vertex paths refuse)
+    traffic_type: str = "ON_DEMAND"  # usage.extra_properties.google.traffic_type
+    max_body_bytes: int = 20 * 1024 * 1024  # bigger bodies get Vertex's 400
+    record: bool = False  # keep every chat body for /_sim/requests
+    seed: int = 0  # of the generator that draws faults and jitter
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, now: float | None = None) -> SimulatorConfig:
@@ -174,8 +184,9 @@ class TokenStore:
         self._period: float | None = None
         self._next_revoke = math.inf
 
-    def issue(self, now: float, ttl_s: int) -> str:
-        """A new opaque token shaped like Google's."""
+    def issue(self, now: float, ttl_s: int, revoke_every_s: float | None) -> str:
+        """A new opaque token shaped like Google's, issued after any revocation now due."""
+        self._revoke_due(now, revoke_every_s)
         token = f"ya29.sim-{secrets.token_urlsafe(24)}"
         self._expiry[token] = now + ttl_s
         return token
@@ -222,7 +233,7 @@ class Simulator:
     _seed: int
     _rng: random.Random
 
-    def __init__(self, config: SimulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: SimulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config or SimulatorConfig()
         self.clock = clock  # monotonic seconds; tests pass a fake one to move quotas and expiry along
         self.stats = SimStats()
@@ -252,17 +263,11 @@ class Simulator:
         """Every path the simulator answers; anything else is a Google-style 404."""
         vertex = "/{version:v1|v1beta1}/projects/{project}/locations/{location}/endpoints/{endpoint}"
         router.add_post(f"{vertex}/chat/completions", self._vertex_chat)
-        router.add_post("/v1/chat/completions", lambda request: self._chat(request, OPENAI_ROUTE))
-        router.add_post("/v1beta/openai/chat/completions", lambda request: self._chat(request, GEMINI_ROUTE))
+        router.add_post("/v1/chat/completions", functools.partial(self._chat, route=OPENAI_ROUTE))
+        router.add_post("/v1beta/openai/chat/completions", functools.partial(self._chat, route=GEMINI_ROUTE))
         router.add_post("/token", self._token)
-        for path in ("/", "/computeMetadata/v1/"):
-            router.add_get(path, self._metadata_ping)
-        metadata = "/computeMetadata/v1"
-        router.add_get(f"{metadata}/project/project-id", self._metadata_project)
-        router.add_get(f"{metadata}/universe/universe-domain", self._metadata_universe)
-        router.add_get(f"{metadata}/instance/service-accounts/{{account}}/", self._metadata_account)
-        router.add_get(f"{metadata}/instance/service-accounts/{{account}}/email", self._metadata_email)
-        router.add_route("*", f"{metadata}/instance/service-accounts/{{account}}/token", self._metadata_token)
+        router.add_get("/", self._metadata)  # google-auth's GCE detection pings the root
+        router.add_route("*", "/computeMetadata/{tail:.*}", self._metadata)
         router.add_get("/_sim/stats", self._stats)
         router.add_get("/_sim/counts", self._counts_view)
         router.add_get("/_sim/requests", self._records_view)
@@ -312,11 +317,12 @@ class Simulator:
         if now < config.storm_until or not self._admit(now, conv.prompt_tokens):
             return self._error(429, route)
         fault = self._draw_fault()
-        if fault in ("rate_429", "rate_500", "rate_503"):
-            return self._error(int(fault[-3:]), route)
+        if fault in STATUS_FAULTS:
+            return self._error(STATUS_FAULTS[fault], route)
         if fault in ("rate_reset", "rate_hang"):
             await self._drop(request, hang=fault == "rate_hang")
             return None
+        truncated = fault == "rate_truncated"
         broken_json = self._rng.random() < config.rate_invalid_json_answer
         try:
             model = _model(body, route)
@@ -324,12 +330,13 @@ class Simulator:
         except InvalidArgument as exc:
             return self._error(400, route, exc.message)
         self._charge(now, answer)
-        envelope = {"created": int(time.time()), "id": secrets.token_urlsafe(16), "model": model}
+        head = {"created": int(time.time()), "id": secrets.token_urlsafe(16), "model": model}
         if body.get("stream"):
-            return await self._stream(request, _sse(answer, envelope, config.traffic_type), fault is not None)
+            events = [b"data: " + _dumps(c) + b"\n\n" for c in answer.chunks(head, config.traffic_type)]
+            return await self._stream(request, [*events, b"data: [DONE]\n\n"], truncated)
         await asyncio.sleep(self._latency())
-        payload = _dumps(_completion(answer, envelope, config.traffic_type))
-        return web.Response(body=self._cut(payload) if fault else payload, content_type="application/json")
+        payload = _dumps(answer.completion(head, config.traffic_type))
+        return web.Response(body=self._cut(payload) if truncated else payload, content_type="application/json")
 
     def _auth_refusal(self, request: web.Request, route: _Route) -> web.Response | None:
         """401 unless the bearer is a live token (Vertex paths) or the API key (OpenAI-style paths)."""
@@ -337,10 +344,9 @@ class Simulator:
         scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
         bearer = credential.strip() if scheme.lower() == "bearer" else ""
         if not route.vertex:
-            accepted = config.api_key is None or bearer == config.api_key
-            return (
-                None if accepted else self._error(401, route, BAD_CREDENTIALS if route.google_errors else BAD_API_KEY)
-            )
+            if config.api_key is None or bearer == config.api_key:
+                return None
+            return self._error(401, route, BAD_CREDENTIALS if route.google_errors else BAD_API_KEY)
         if not config.require_auth:
             return None
         if config.api_key is not None and bearer == config.api_key:
@@ -452,17 +458,7 @@ class Simulator:
         if self.clock() < self.config.token_fail_until:
             error = {"error": "temporarily_unavailable", "error_description": STATUS[503][1]}
             return _json(error, status=503)
-        form = await request.post()
-        grant = form.get("grant_type")
-        if grant == JWT_GRANT:
-            problem = _jwt_problem(str(form.get("assertion", "")))
-        elif grant == "refresh_token":
-            complete = all(form.get(k) for k in ("client_id", "client_secret", "refresh_token"))
-            problem = (
-                None if complete else ("invalid_request", "client_id, client_secret and refresh_token are required.")
-            )
-        else:
-            problem = ("unsupported_grant_type", f"Invalid grant_type: {grant!r}")
+        problem = _grant_problem(await request.post())
         if problem is not None:
             return _json({"error": problem[0], "error_description": problem[1]}, status=400)
         token, ttl = self._issue_token(), self.config.token_ttl_s
@@ -473,37 +469,25 @@ class Simulator:
     def _issue_token(self) -> str:
         """Issue a token and count it."""
         self.stats.tokens_issued += 1
-        return self._tokens.issue(self.clock(), self.config.token_ttl_s)
+        return self._tokens.issue(self.clock(), self.config.token_ttl_s, self.config.revoke_every_s)
 
-    async def _metadata_ping(self, request: web.Request) -> web.Response:
-        """The root google-auth pings to detect GCE."""
-        return _metadata(request, "computeMetadata/\n")
-
-    async def _metadata_project(self, request: web.Request) -> web.Response:
-        """The project id, as text."""
-        return _metadata(request, PROJECT)
-
-    async def _metadata_universe(self, request: web.Request) -> web.Response:
-        """The universe domain google-auth asks for."""
-        return _metadata(request, "googleapis.com")
-
-    async def _metadata_account(self, request: web.Request) -> web.Response:
-        """The default service account, as JSON with ?recursive=true (what google-auth asks)."""
-        if request.query.get("recursive") != "true":
-            return _metadata(request, "aliases\nemail\nscopes\ntoken\n")
-        return _metadata(request, {"aliases": ["default"], "email": SERVICE_ACCOUNT, "scopes": SCOPES})
-
-    async def _metadata_email(self, request: web.Request) -> web.Response:
-        """The default service account's email, as text."""
-        return _metadata(request, SERVICE_ACCOUNT)
-
-    async def _metadata_token(self, request: web.Request) -> web.Response:
-        """An access token for the default service account; expires_in must be a number here."""
+    async def _metadata(self, request: web.Request) -> web.Response:
+        """The GCE metadata server: requests must carry Metadata-Flavor: Google, answers always do."""
+        headers = {"Metadata-Flavor": "Google"}
         if request.headers.get("Metadata-Flavor") != "Google":
-            return _metadata(request, "")
-        self.stats.token_requests += 1
-        body = {"access_token": self._issue_token(), "expires_in": self.config.token_ttl_s, "token_type": "Bearer"}
-        return _metadata(request, body)
+            return web.Response(status=403, text="Missing required header: Metadata-Flavor: Google", headers=headers)
+        path = request.path.removeprefix("/computeMetadata/v1").replace(f"/{SERVICE_ACCOUNT}/", "/default/")
+        if path == "/instance/service-accounts/default/token":
+            self.stats.token_requests += 1
+            token = self._issue_token()  # expires_in must be a number here: google-auth adds it to a datetime
+            return _json(
+                {"access_token": token, "expires_in": self.config.token_ttl_s, "token_type": "Bearer"}, headers=headers
+            )
+        if path == "/instance/service-accounts/default/" and request.query.get("recursive") == "true":
+            return _json({"aliases": ["default"], "email": SERVICE_ACCOUNT, "scopes": SCOPES}, headers=headers)
+        if path not in METADATA:
+            return web.Response(status=404, text="Not Found", headers=headers)
+        return web.Response(text=METADATA[path], headers=headers)
 
     # --- admin --------------------------------------------------------------------------------------
 
@@ -529,11 +513,12 @@ class Simulator:
             changes = await request.json()
             if not isinstance(changes, dict):
                 raise ValueError("the body must be a JSON object")
-            if changes.pop("revoke_now", False):
-                self._tokens.revoke_all()
+            revoke = changes.pop("revoke_now", False)
             merged = SimulatorConfig.from_mapping({**asdict(self.config), **changes}, now=self.clock())
         except ValueError as exc:
             return _json({"error": str(exc)}, status=400)
+        if revoke:
+            self._tokens.revoke_all()
         for item in fields(merged):
             setattr(self.config, item.name, getattr(merged, item.name))
         return _json(asdict(self.config))
@@ -557,7 +542,7 @@ class Simulator:
 class SimulatorThread:
     """A Simulator on its own event loop in a daemon thread, for synchronous callers."""
 
-    def __init__(self, config: SimulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: SimulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.simulator = Simulator(config, clock=clock)
         self.url = ""
         self._loop = asyncio.new_event_loop()
@@ -570,13 +555,12 @@ class SimulatorThread:
         return self.url
 
     def stop(self) -> None:
-        """Close the port and end the thread."""
-        if not self._thread.is_alive():
-            return
-        asyncio.run_coroutine_threadsafe(self.simulator.stop(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        """Close the port and end the thread; calling it again does nothing."""
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.simulator.stop(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()  # a no-op once closed
 
     def __enter__(self) -> SimulatorThread:
         self.start()
@@ -627,7 +611,7 @@ def _checked(name: str, value: Any, annotation: str) -> Any:
         fits = isinstance(value, str) and "str" in accepted
     if not fits:
         raise ValueError(f"simulator setting {name!r} must be {annotation.replace(' | ', ' or ')}, not {value!r}")
-    return float(value) if "float" in accepted and isinstance(value, int) and not isinstance(value, bool) else value
+    return float(value) if "float" in accepted and type(value) is int else value
 
 
 def _model(body: Mapping[str, Any], route: _Route) -> str:
@@ -640,32 +624,16 @@ def _model(body: Mapping[str, Any], route: _Route) -> str:
     raise InvalidArgument("model is required, e.g. google/gemini-2.5-flash.")
 
 
-def _completion(answer: Answer, envelope: dict[str, Any], traffic_type: str) -> dict[str, Any]:
-    """A chat.completion; a cut-off answer has a choice without `message`, as Vertex sends it."""
-    if answer.choices:
-        choices = [
-            {"finish_reason": answer.finish_reason, "index": i, "logprobs": None, "message": c.message()}
-            for i, c in enumerate(answer.choices)
-        ]
-    else:
-        choices = [{"finish_reason": answer.finish_reason, "index": 0}]
-    usage = answer.usage(traffic_type)
-    return {**envelope, "choices": choices, "object": "chat.completion", "system_fingerprint": "", "usage": usage}
-
-
-def _sse(answer: Answer, envelope: dict[str, Any], traffic_type: str) -> list[bytes]:
-    """SSE events: each choice's deltas, its last with finish_reason, usage on the last, then [DONE]."""
-    head = {**envelope, "object": "chat.completion.chunk", "system_fingerprint": ""}
-    per_choice = [c.deltas(answer.stream_arguments) for c in answer.choices] or [[{"role": "assistant"}]]
-    chunks: list[dict[str, Any]] = []
-    for index, deltas in enumerate(per_choice):
-        for k, delta in enumerate(deltas):
-            choice: dict[str, Any] = {"delta": delta, "index": index, "logprobs": None}
-            if k == len(deltas) - 1:
-                choice["finish_reason"] = answer.finish_reason
-            chunks.append({**head, "choices": [choice]})
-    chunks[-1]["usage"] = answer.usage(traffic_type)
-    return [b"data: " + _dumps(chunk) + b"\n\n" for chunk in chunks] + [b"data: [DONE]\n\n"]
+def _grant_problem(form: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why the token endpoint refuses this form (OAuth error, description), or None."""
+    grant = form.get("grant_type")
+    if grant == JWT_GRANT:
+        return _jwt_problem(str(form.get("assertion", "")))
+    if grant != "refresh_token":
+        return "unsupported_grant_type", f"Invalid grant_type: {grant!r}"
+    if not all(form.get(k) for k in ("client_id", "client_secret", "refresh_token")):
+        return "invalid_request", "client_id, client_secret and refresh_token are required."
+    return None
 
 
 def _jwt_problem(assertion: str) -> tuple[str, str] | None:
@@ -686,10 +654,10 @@ def _jwt_problem(assertion: str) -> tuple[str, str] | None:
     if not isinstance(expiry, int | float) or expiry < time.time():
         return "invalid_grant", "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe."
     key = _PUBLIC_KEYS.get(str(header.get("kid")))
-    signed = f"{head_b64}.{payload_b64}".encode()
+    if key is None:
+        return None  # a key made in another process: its signature cannot be checked here
     try:
-        if key is not None:
-            key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+        key.verify(signature, f"{head_b64}.{payload_b64}".encode(), padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
         return "invalid_grant", "Invalid JWT Signature."
     return None
@@ -700,19 +668,9 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _metadata(request: web.Request, body: str | dict[str, Any]) -> web.Response:
-    """A metadata-server answer, refused (403) without the Metadata-Flavor request header."""
-    headers = {"Metadata-Flavor": "Google"}
-    if request.headers.get("Metadata-Flavor") != "Google":
-        return web.Response(status=403, text="Missing required header: Metadata-Flavor: Google", headers=headers)
-    if isinstance(body, dict):
-        return _json(body, headers=headers)
-    return web.Response(text=body, content_type="application/text", headers=headers)
-
-
 def _dumps(value: Any) -> bytes:
     """Compact JSON with sorted keys, as Vertex orders them."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def _json(value: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
