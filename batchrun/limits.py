@@ -26,9 +26,12 @@ def window_safe_limiter(per_minute: float, burst_seconds: float) -> AsyncLimiter
 class AdaptivePace:
     """No pace until the endpoint says 429; then additive increase, multiplicative decrease.
 
-    Vertex's Dynamic Shared Quota has no number to configure, so the pool learns one: each 429
-    cuts the pace (at most once per `cooldown_s`, so one burst of 429s counts once) and every
-    success adds back a little, about `increase_per_s` requests/s each second.
+    Vertex's Dynamic Shared Quota has no number to configure, so the pool learns one: when 429s
+    make up more than `tolerance` of the last few seconds' answers, the pace is cut (at most once
+    per `cooldown_s`, so one burst of 429s counts once), and every success adds back a little,
+    about `increase_per_s` requests/s each second. A scattering of 429s below the tolerance is
+    left to the retry policy: cutting on each would drive the pace to nothing while the endpoint
+    keeps refusing the same small share of requests at any speed.
     """
 
     def __init__(
@@ -37,9 +40,16 @@ class AdaptivePace:
         decrease: float = 0.7,
         increase_per_s: float = 0.5,
         cooldown_s: float = 1.0,
+        tolerance: float = 0.1,
+        window_s: float = 3.0,
+        min_answers: int = 50,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate: float | None = None
+        self._tolerance = tolerance
+        self._window = window_s
+        self._min_answers = min_answers
+        self._answers: deque[tuple[float, bool]] = deque()
         self._decrease = decrease
         self._increase = increase_per_s
         self._cooldown = cooldown_s
@@ -61,18 +71,31 @@ class AdaptivePace:
         if slot > now:
             await asyncio.sleep(slot - now)
 
+    def _answered(self, now: float, limited: bool) -> float:
+        """Record an answer; the share of 429s among the answers of the last `window_s` seconds."""
+        answers = self._answers
+        answers.append((now, limited))
+        while answers and answers[0][0] < now - self._window:
+            answers.popleft()
+        if len(answers) < self._min_answers:
+            return 0.0  # too few answers to tell a quota from chance
+        return sum(1 for _, refused in answers if refused) / len(answers)
+
     def on_rate_limited(self) -> None:
-        """A 429: cut the pace (the first one sets it from the rate just measured)."""
+        """A 429: cut the pace when 429s are more than a scattering (the first cut starts from the measured rate)."""
         now = self._clock()
-        if now - self._last_cut < self._cooldown:
+        share = self._answered(now, True)
+        if now - self._last_cut < self._cooldown or share <= self._tolerance:
             return
-        measured = max(len(self._sent) / 5.0, 1.0)
+        span = min(5.0, now - self._sent[0]) if self._sent else 0.0
+        measured = max(len(self._sent) / max(span, 1.0), 1.0)
         base = self.rate if self.rate is not None else measured
         self.rate = max(0.2, base * self._decrease)
         self._last_cut = now
 
     def on_success(self) -> None:
         """A success: raise the pace by about `increase_per_s` per second."""
+        self._answered(self._clock(), False)
         if self.rate is not None:
             self.rate += self._increase / self.rate * max(1.0, self.rate / 10)
 
