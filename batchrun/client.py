@@ -34,6 +34,7 @@ from batchrun.spec import RetrySpec
 
 _DELAY = re.compile(r"^\s*([0-9.]+)\s*s?\s*$")
 BACKOFF_INITIAL_S = 1.0
+_DROPPED = ("disconnect", "reset", "refused", "closed", "broken pipe")
 BACKOFF_MAX_S = 60.0
 
 
@@ -208,12 +209,13 @@ def _translate(exc: BaseException) -> RequestError:
         if status in (408, 409) or status >= 500:
             return RetryableError(message, http_status=status, retry_after=retry_after)
         return FinalError(message, http_status=status)
-    if isinstance(exc, openai.APITimeoutError):
-        return RetryableError("request timed out (retry.timeout_s)")
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is a subclass
         cause = exc.__cause__ or exc.__context__
-        detail = f": {type(cause).__name__}" if cause else ""
-        return RetryableError(redact(f"connection failed or dropped{detail}"))
+        detail = str(cause) if cause else ""
+        # The aiohttp transport reports a dropped connection as a connect timeout: tell them apart.
+        if isinstance(exc, openai.APITimeoutError) and not any(w in detail.lower() for w in _DROPPED):
+            return RetryableError("request timed out (retry.timeout_s)")
+        return RetryableError(redact(f"connection failed or dropped: {detail or type(cause).__name__}"))
     if isinstance(exc, openai.APIResponseValidationError | ValueError):
         return RetryableError(redact(f"malformed response: {exc}"))
     raise exc
