@@ -102,6 +102,7 @@ class Runner:
         self.schema = output_schema(keep)
         self.output = Output(self.spec.output.path, options.shard.tag)
         self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._stop_reason: str | None = None
         self._held: list[Row] = []
         self._successes = 0
@@ -173,7 +174,7 @@ class Runner:
 
         def stop(signame: str) -> None:
             if self._stopping.is_set():
-                self.options = RunOptions(**{**self.options.__dict__, "grace_s": 0.0})
+                self._hurry.set()
             self.stop(f"stopped by {signame}")
 
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -207,7 +208,11 @@ class Runner:
                     all_done.result()
             if self._stopping.is_set():
                 producer.cancel()
-                await asyncio.wait(workers, timeout=self.options.grace_s)
+                in_flight: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
+                hurry = asyncio.create_task(self._hurry.wait())
+                await asyncio.wait([in_flight, hurry], timeout=self.options.grace_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                hurry.cancel()
         finally:
             for task in [*workers, producer, stop_wait, *([closer] if closer else [])]:
                 task.cancel()
