@@ -171,11 +171,11 @@ def _media_part(media: MediaSpec, value: Any) -> dict[str, Any] | None:
 
 
 def _media_uri(value: str, media: MediaSpec) -> tuple[str, str | None]:
-    """(uri, mime type) for a media value; local files are read and base64-encoded."""
+    """(uri, mime type) for a media value; local files (and gs:// ones with `inline`) are sent as bytes."""
     if value.startswith("data:"):
         return value, value[5:].split(";", 1)[0] or None
     mime = mimetypes.guess_type(value)[0]
-    if value.startswith(("gs://", "https://", "http://")):
+    if value.startswith(("https://", "http://")) or (value.startswith("gs://") and not media.inline):
         return value, mime
     try:
         raw = storage.read_bytes(value)

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from batchrun import storage
 from batchrun.errors import OutputError
 from batchrun.results import Row
+from batchrun.schema import output_schema
 
 META_DIR = "_batchrun"
 PART_SUFFIX = ".parquet"
@@ -62,15 +63,24 @@ class Output:
         try:
             storage.write_once(self.meta_path, json.dumps(record, indent=2).encode())
         except OSError as exc:
-            raise OutputError(f"{self.path}: cannot write to the output directory ({exc.strerror})") from None
+            if not self._written_by_peer(fingerprint, identity):
+                raise OutputError(f"{self.path}: cannot write to the output directory ({exc.strerror})") from None
         self._clean_temp()
+
+    def _written_by_peer(self, fingerprint: str, identity: dict[str, Any]) -> bool:
+        """Whether another task of the same job wrote the fingerprint first (tasks start together)."""
+        try:
+            meta = json.loads(storage.read_bytes(self.meta_path))
+        except (OSError, ValueError):
+            return False
+        return bool((meta.get("fingerprint"), meta.get("input")) == (fingerprint, identity))
 
     def _clean_temp(self) -> int:
         """Remove this shard's temporary files left by a killed run; other shards' are theirs to clean."""
         if storage.is_remote(self.path):
             return 0
         removed = 0
-        for name in storage.list_files(self.path, ".tmp"):
+        for name in storage.list_files(self.path, storage.TEMP_SUFFIX):
             if os.path.basename(name).startswith(f"part-{self.shard_tag}-"):
                 storage.remove(name)
                 removed += 1
@@ -80,13 +90,13 @@ class Output:
         """Every committed part file, all shards."""
         return [p for p in storage.list_files(self.path, PART_SUFFIX) if f"/{META_DIR}/" not in p]
 
-    def table(self, columns: list[str]) -> pl.DataFrame:
-        """The chosen columns of every committed part."""
-        parts = self.parts()
-        if not parts:
-            return pl.DataFrame(schema={c: pl.String for c in columns})
-        frames = [pl.read_parquet(_source(p), columns=columns) for p in parts]
-        return pl.concat(frames, how="vertical_relaxed")
+    def table(self, columns: list[str] | None = None, parts: list[str] | None = None) -> pl.DataFrame:
+        """The chosen columns (default: all) of every committed part, or of the given ones."""
+        parts = self.parts() if parts is None else parts
+        frames = [_frame(storage.read_parquet(p, columns)) for p in parts]
+        if not frames:
+            return pl.DataFrame(schema=_empty_schema(columns))
+        return pl.concat(frames, how="diagonal_relaxed")
 
     def done_ids(self) -> pl.Series:
         """The ids that already have a saved row, for skipping on resume."""
@@ -98,9 +108,8 @@ class Output:
         for part in self.parts():
             if f"part-{self.shard_tag}-" not in os.path.basename(part):
                 continue
-            table = pq.read_table(_source(part))
-            frame = pl.from_arrow(table)
-            assert isinstance(frame, pl.DataFrame)
+            table = storage.read_parquet(part)
+            frame = _frame(table)
             mask = (frame.get_column("status") == "error") & frame.get_column("id").map_elements(
                 in_shard, return_dtype=pl.Boolean
             )
@@ -116,9 +125,19 @@ class Output:
         return dropped
 
 
-def _source(path: str) -> Any:
-    """A path polars/pyarrow can open: local paths as they are, remote ones as a file object."""
-    return storage.open_read(path) if storage.is_remote(path) else path
+def _frame(table: pa.Table) -> pl.DataFrame:
+    """An Arrow table as a polars frame."""
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _empty_schema(columns: list[str] | None) -> dict[str, pl.DataType]:
+    """The polars schema of an output with no parts yet, so readers need no special case."""
+    frame = _frame(output_schema([]).empty_table())
+    return {name: dtype for name, dtype in frame.schema.items() if columns is None or name in columns} | {
+        name: pl.String() for name in columns or [] if name not in frame.schema
+    }
 
 
 def _encode(table: pa.Table) -> bytes:

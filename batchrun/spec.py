@@ -7,12 +7,14 @@ import hashlib
 import json
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from batchrun import storage
 from batchrun.errors import SpecError
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -64,6 +66,7 @@ class MediaSpec(_Strict):
 
     column: str
     type: Literal["image", "audio", "video", "file"] = "image"
+    inline: bool = False  # read gs:// objects here and send their bytes, for servers that cannot read GCS
 
 
 class RequestSpec(_Strict):
@@ -116,6 +119,21 @@ class OutputSpec(_Strict):
     flush_seconds: float = Field(10.0, gt=0)
 
 
+class PriceSpec(_Strict):
+    """What a million tokens cost for one traffic type; thinking tokens bill as output unless set."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    reasoning: float | None = Field(None, ge=0)
+
+
+class ReportSpec(_Strict):
+    """What `batchrun report` adds to the counts: prices per million tokens, keyed by traffic_type."""
+
+    currency: str = "USD"
+    prices: dict[str, PriceSpec] = Field(default_factory=dict)
+
+
 class JobSpec(_Strict):
     """A whole job: the contract of design.md section 1."""
 
@@ -127,6 +145,7 @@ class JobSpec(_Strict):
     limits: LimitsSpec = Field(default_factory=lambda: LimitsSpec())
     retry: RetrySpec = Field(default_factory=lambda: RetrySpec())
     output: OutputSpec
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
     @field_validator("name")
     @classmethod
@@ -176,11 +195,15 @@ def expand_env(value: Any, where: str = "") -> Any:
 
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    """The spec section model that a validation error location points into."""
+    """The spec section model that a validation error location points into (through dicts of models too)."""
     model: type[BaseModel] = JobSpec
-    for part in loc[:-1]:
+    parts = iter(loc[:-1])
+    for part in parts:
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field else None
+        if typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+            next(parts, None)  # the dict key the user chose, e.g. a traffic type
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation
@@ -234,9 +257,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Read, expand and validate a YAML job spec; relative input/output paths resolve against the CWD."""
-    spec_path = Path(path)
+    spec_path = str(path)
     try:
-        text = spec_path.read_text(encoding="utf-8")
+        text = storage.read_bytes(spec_path).decode("utf-8")
     except FileNotFoundError:
         raise SpecError(f"{spec_path}: no such job spec file") from None
     except (OSError, UnicodeDecodeError) as exc:

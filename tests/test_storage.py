@@ -1,0 +1,110 @@
+"""Local paths and gs:// objects behind one interface, against the real Cloud Storage emulator."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchrun import storage
+from batchrun.prompts import Renderer, RowInputError
+from batchrun.sink import Output
+from batchrun.sources import Record, Source
+from batchrun.spec import InputSpec, load_spec, parse_spec
+from tests.conftest import Gcs
+
+
+def parquet_bytes(rows: list[dict[str, object]]) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return buffer.getvalue()
+
+
+def test_gs_objects_are_written_whole_listed_and_read(gcs: Gcs) -> None:
+    """write_once puts one object; list_files finds it under the prefix (not elsewhere); reads return it."""
+    root = gcs.make_bucket()
+    storage.write_once(f"{root}/out/part-a.parquet", parquet_bytes([{"id": "1"}, {"id": "2"}]))
+    storage.write_once(f"{root}/out/_batchrun/job.json", b"{}")
+    storage.write_once(f"{root}/outside/part-b.parquet", parquet_bytes([{"id": "3"}]))
+    assert storage.list_files(f"{root}/out", ".parquet") == [f"{root}/out/part-a.parquet"]
+    assert storage.read_parquet(f"{root}/out/part-a.parquet", ["id"]).column("id").to_pylist() == ["1", "2"]
+    assert storage.read_bytes(f"{root}/out/_batchrun/job.json") == b"{}"
+    assert storage.list_files(f"{root}/nothing-here", ".parquet") == []
+
+
+def test_listing_sees_objects_written_by_another_client(gcs: Gcs) -> None:
+    """Other tasks write into the same prefix: a listing is never served from a stale cache."""
+    root = gcs.make_bucket()
+    storage.write_once(f"{root}/out/part-1.parquet", parquet_bytes([{"id": "1"}]))
+    assert len(storage.list_files(f"{root}/out", ".parquet")) == 1
+    gcs.fs().pipe_file(f"{root}/out/part-2.parquet", parquet_bytes([{"id": "2"}]))
+    assert len(storage.list_files(f"{root}/out", ".parquet")) == 2
+
+
+def test_jsonl_and_parquet_inputs_stream_from_gs(gcs: Gcs) -> None:
+    """Both input kinds read from gs:// with the same ids, columns and types as local files."""
+    root = gcs.make_bucket()
+    rows = [{"id": f"r{i}", "text": f"t{i}", "n": i} for i in range(5)]
+    storage.write_once(f"{root}/in.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    storage.write_once(f"{root}/in.parquet", parquet_bytes(rows))
+    for name in ("in.jsonl", "in.parquet"):
+        source = Source(InputSpec(path=f"{root}/{name}", id_column="id"))
+        assert [r.id for b in source.batches() for r in b] == [r["id"] for r in rows]
+        summary = source.summarize(["n"])
+        assert summary.rows == 5 and summary.types["n"] == pa.int64()
+        assert summary.identity["size"] == storage.size_of(f"{root}/{name}")
+
+
+def test_job_spec_can_live_on_gs(gcs: Gcs) -> None:
+    """`batchrun run gs://bucket/job.yaml`: the spec itself is read from Cloud Storage."""
+    root = gcs.make_bucket()
+    text = "name: j\ninput: {path: in.jsonl}\nmodel: m\nendpoint: {kind: simulator}\noutput: {path: out}\n"
+    storage.write_once(f"{root}/jobs/j.yaml", text.encode())
+    assert load_spec(f"{root}/jobs/j.yaml").name == "j"
+
+
+def test_gs_media_is_inlined_only_when_the_spec_asks(gcs: Gcs) -> None:
+    """media.inline reads a gs:// object and sends its bytes; without it the URI goes to Vertex as is."""
+    root = gcs.make_bucket()
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+    storage.write_once(f"{root}/img/cat.png", png)
+
+    def render(inline: bool, path: str) -> str:
+        raw = {"name": "j", "input": {"path": "x.jsonl"}, "endpoint": {"kind": "simulator"}, "model": "m",
+               "request": {"prompt": "Describe", "media": [{"column": "img", "inline": inline}]},
+               "output": {"path": "o"}}
+        body = Renderer(parse_spec(raw), "rows").render(Record(row=0, line=1, id="r", data={"img": path}))
+        return str(body["messages"][-1]["content"][1]["image_url"]["url"])
+
+    assert render(False, f"{root}/img/cat.png") == f"{root}/img/cat.png"
+    assert render(True, f"{root}/img/cat.png") == "data:image/png;base64," + base64.b64encode(png).decode()
+    with pytest.raises(RowInputError, match=r"cannot read gs://.*/img/missing\.png"):
+        render(True, f"{root}/img/missing.png")
+
+
+def test_crash_leftovers_are_invisible_to_scans_and_cleaned_by_their_own_shard(tmp_path: Path) -> None:
+    """A write killed before its rename leaves only `*.tmp`: scans skip it; only the shard that wrote it cleans it."""
+    out = tmp_path / "out"
+    storage.write_once(str(out / "part-0000of0002-run-00001.parquet"), parquet_bytes([{"id": "a"}]))
+    mine = out / "part-0000of0002-run-00002.parquet.1a2b3c4d.tmp"
+    theirs = out / "part-0001of0002-run-00001.parquet.5e6f7a8b.tmp"
+    for leftover in (mine, theirs):
+        leftover.write_bytes(b"PAR1 half a file")
+    assert pl.scan_parquet(f"{out}/**/*.parquet").collect().get_column("id").to_list() == ["a"]
+    Output(str(out), "0000of0002").prepare("fp", {"path": "in"}, force=False)
+    assert not mine.exists() and theirs.exists()
+
+
+def test_local_write_once_replaces_whole_and_leaves_no_temp(tmp_path: Path) -> None:
+    """Rewriting a part (as --retry-errors does) swaps the whole file; no temporary file stays behind."""
+    path = tmp_path / "out" / "part-x.parquet"
+    storage.write_once(str(path), parquet_bytes([{"id": "a"}, {"id": "b"}]))
+    storage.write_once(str(path), parquet_bytes([{"id": "a"}]))
+    assert pq.read_table(path).column("id").to_pylist() == ["a"]
+    assert [p.name for p in path.parent.iterdir()] == ["part-x.parquet"]
