@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from batchrun.errors import EXIT_BUG, EXIT_OK, BatchrunError
+from batchrun.errors import EXIT_BUG, EXIT_OK, EXIT_STOPPED, BatchrunError, StoppedError
+from batchrun.progress import log_event
 from batchrun.redact import redact
-from batchrun.shards import parse_shard
+from batchrun.shards import parse_shard, task_attempt
 from batchrun.spec import JobSpec, load_spec
 
 
@@ -34,8 +36,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="run task I of N (default: CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT)")
     run.add_argument("--log-interval", type=float, default=10.0, help="seconds between JSON progress lines")
     command("validate", "Check the spec and the input; print the row count and the first request.")
-    status = command("status", "Done / error / pending counts from the output.")
+    status = command("status", "Done / error / pending counts from the output, in total and per shard.")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--shards", type=int, default=None, metavar="N",
+                        help="split the counts as N tasks would (default: from the part files' names)")
+    report = command("report", "Tokens and cost by traffic_type, errors, latency percentiles, throughput per minute.")
+    report.add_argument("--json", action="store_true", help="print JSON")
+    export = command("export", "Write the output as one compacted Parquet file (local path or gs://).")
+    export.add_argument("destination", metavar="FILE.parquet", help="where to write the file")
+    export.add_argument("--join-input", action="store_true", help="add the input's columns to each row")
     return parser
 
 
@@ -50,10 +59,17 @@ def _run(args: argparse.Namespace, spec: JobSpec) -> int:
         retry_errors=args.retry_errors,
         force=args.force,
         shard=parse_shard(args.shard),
+        attempt=task_attempt(),
         interactive=sys.stderr.isatty(),
         log_interval_s=args.log_interval,
     )
+    signal.signal(signal.SIGTERM, _stop_before_start)
     return run_job(spec, options)
+
+
+def _stop_before_start(signum: int, _: object) -> None:
+    """SIGTERM while the input is still being checked: nothing was sent, so stop with exit 3 at once."""
+    raise StoppedError(f"stopped by {signal.Signals(signum).name} before the first request; run again to start")
 
 
 def _validate(args: argparse.Namespace, spec: JobSpec) -> int:
@@ -72,14 +88,32 @@ def _validate(args: argparse.Namespace, spec: JobSpec) -> int:
 
 def _status(args: argparse.Namespace, spec: JobSpec) -> int:
     """`batchrun status`."""
-    from batchrun.status import job_status
+    from batchrun.status import format_status, job_status
 
-    figures = job_status(spec)
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        print(f"{spec.name}: {figures['done']} done ({figures['ok']} ok, {figures['error']} error), "
-              f"{figures['pending']} pending of {figures['rows']} rows")
+    if args.shards is not None and args.shards < 1:
+        raise BatchrunError("--shards must be 1 or more")
+    figures = job_status(spec, args.shards)
+    print(json.dumps(figures, indent=2) if args.json else format_status(figures))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace, spec: JobSpec) -> int:
+    """`batchrun report`."""
+    from batchrun.report import build_report, format_report
+
+    report = build_report(spec)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace, spec: JobSpec) -> int:
+    """`batchrun export`."""
+    from batchrun.export import export_job
+
+    result = export_job(spec, args.destination, join_input=args.join_input)
+    note = f", {result['duplicates_dropped']} duplicate ids dropped" if result["duplicates_dropped"] else ""
+    print(f"{result['path']}: {result['rows']:,} rows from {result['parts']:,} part files, "
+          f"{len(result['columns'])} columns{note}")
     return EXIT_OK
 
 
@@ -98,7 +132,17 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, JobSpec], int]] = {
     "run": _run,
     "validate": _validate,
     "status": _status,
+    "report": _report,
+    "export": _export,
 }
+
+
+def _complain(args: argparse.Namespace, message: str, severity: str) -> None:
+    """An error for the user: plain text, or for `run` off a terminal one JSON line Cloud Logging reads."""
+    if args.command == "run" and not sys.stderr.isatty():
+        log_event(severity, message)
+    else:
+        print(f"batchrun: error: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,16 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_spec(args.job, args.overrides)
         return _COMMANDS[args.command](args, spec)
     except BatchrunError as exc:
-        print(f"batchrun: error: {redact(exc.message)}", file=sys.stderr)
+        _complain(args, redact(exc.message), "WARNING" if exc.exit_code == EXIT_STOPPED else "ERROR")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("batchrun: interrupted", file=sys.stderr)
-        return 3
+        _complain(args, "interrupted; run again to resume", "WARNING")
+        return EXIT_STOPPED
     except Exception:
         import traceback
 
-        print(redact(traceback.format_exc()), file=sys.stderr)
-        print("batchrun: internal error (a bug): please report it with the traceback above", file=sys.stderr)
+        trace = redact(traceback.format_exc())
+        _complain(args, f"internal error (a bug): please report it with this traceback\n{trace}", "CRITICAL")
         return EXIT_BUG
 
 

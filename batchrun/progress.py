@@ -56,22 +56,53 @@ class Counters:
 
 
 def log_event(severity: str, message: str, stream: TextIO | None = None, **fields: Any) -> None:
-    """One JSON object per line, as Cloud Logging reads it (`severity`, `message`, then the fields)."""
-    record = {"severity": severity, "message": redact(message), **fields}
+    """One JSON object per line, as Cloud Logging reads it (`severity`, `message`, then the fields).
+
+    Every string, the fields' included, passes through `redact`, so no token or key reaches a log.
+    """
+    record = {"severity": severity, "message": redact(message), **_scrubbed(fields)}
     out = stream or sys.stderr
     out.write(json.dumps(record, default=str) + "\n")
     out.flush()
 
 
+def _scrubbed(value: Any) -> Any:
+    """The value with `redact` applied to every string inside it."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
 class Reporter:
     """Shows progress until stopped: a rich bar on a TTY, a JSON line per interval otherwise."""
 
-    def __init__(self, counters: Counters, job: str, *, interactive: bool, interval_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        job: str,
+        *,
+        interactive: bool,
+        interval_s: float = 10.0,
+        labels: dict[str, Any] | None = None,
+    ) -> None:
         self._counters = counters
         self._job = job
         self._interactive = interactive
         self._interval = interval_s
+        self._labels = {"job": job, **(labels or {})}
         self._task: asyncio.Task[None] | None = None
+
+    def note(self, severity: str, message: str, **fields: Any) -> None:
+        """One event: a plain line on a terminal, a JSON log line (with the task's labels) elsewhere."""
+        if self._interactive:
+            sys.stderr.write(redact(message) + "\n")
+            sys.stderr.flush()
+        else:
+            log_event(severity, message, **self._labels, **fields)
 
     def start(self) -> None:
         """Begin reporting in the background."""
@@ -79,14 +110,16 @@ class Reporter:
             self._bar() if self._interactive else self._lines()
         )
 
-    async def stop(self) -> None:
-        """Stop reporting and print the final figures."""
+    async def stop(self, outcome: str = "finished") -> None:
+        """Stop reporting and print the final figures, saying whether the run finished or stopped."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if not self._interactive:
-            log_event("INFO", f"{self._job}: finished", job=self._job, **self._counters.figures())
+            figures = self._counters.figures()
+            message = f"{self._job}: {outcome}, {figures['rows_done']}/{figures['rows_total']} rows"
+            log_event("INFO" if outcome == "finished" else "WARNING", message, **self._labels, **figures)
 
     async def _lines(self) -> None:
         """A JSON log line every interval."""
@@ -96,7 +129,7 @@ class Reporter:
             log_event(
                 "INFO",
                 f"{self._job}: {figures['rows_done']}/{figures['rows_total']} rows",
-                job=self._job,
+                **self._labels,
                 **figures,
             )
 

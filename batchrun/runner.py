@@ -20,7 +20,7 @@ from batchrun.client import ChatClient
 from batchrun.endpoints import connect
 from batchrun.errors import InputError, RequestError, SpecError, StoppedError
 from batchrun.limits import Limits
-from batchrun.progress import Counters, Reporter, log_event
+from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
 from batchrun.results import ResultBuilder, Row, input_error
 from batchrun.schema import output_schema
@@ -41,6 +41,7 @@ class RunOptions:
     retry_errors: bool = False
     force: bool = False
     shard: Shard = field(default_factory=Shard)
+    attempt: int = 0
     interactive: bool = False
     grace_s: float = 5.0
     log_interval_s: float = 10.0
@@ -101,6 +102,13 @@ class Runner:
         self.keep_types = {f.name: f.type for f in keep}
         self.schema = output_schema(keep)
         self.output = Output(self.spec.output.path, options.shard.tag)
+        self.reporter = Reporter(
+            self.counters,
+            self.spec.name,
+            interactive=options.interactive,
+            interval_s=options.log_interval_s,
+            labels={"shard": options.shard.label, "attempt": options.attempt},
+        )
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._stop_reason: str | None = None
@@ -111,20 +119,28 @@ class Runner:
         """Run to completion or to a stop; returns the exit code."""
         output, options = self.output, self.options
         output.prepare(self.spec.fingerprint(), self.prepared.summary.identity, force=options.force)
+        reporter = self.reporter
         if options.retry_errors:
             dropped = output.drop_errors(options.shard.owns)
-            log_event("INFO", f"--retry-errors: {dropped} error rows will be sent again")
+            reporter.note("INFO", f"--retry-errors: {dropped} error rows will be sent again")
         done = output.done_ids()
         done = done.filter(done.map_elements(options.shard.owns, return_dtype=pl.Boolean)) if len(done) else done
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
+        if not options.interactive or options.attempt > 0:
+            reporter.note(
+                "INFO",
+                f"{self.spec.name}: shard {options.shard.label} attempt {options.attempt}: "
+                f"{counters.total} rows, {counters.already_done} already saved, "
+                f"{counters.total - counters.already_done} to send",
+                rows_total=counters.total,
+                rows_saved=counters.already_done,
+            )
         writer = PartWriter(
             output, self.schema, flush_rows=self.spec.output.flush_rows, flush_seconds=self.spec.output.flush_seconds
         )
         self._install_signals()
-        reporter = Reporter(counters, self.spec.name, interactive=options.interactive,
-                            interval_s=options.log_interval_s)
         with connect(self.spec.endpoint) as connection:
             limits = Limits(self.spec.limits, share=options.shard.share)
             client = ChatClient(connection, self.spec.retry, limits, counters,
@@ -136,7 +152,7 @@ class Runner:
             finally:
                 self._release_held(writer)
                 await writer.close()
-                await reporter.stop()
+                await reporter.stop("finished" if self._stop_reason is None else "stopped")
                 await client.close()
         return self._exit_code(writer, limited)
 
@@ -151,7 +167,9 @@ class Runner:
                 "Run the same command again to resume"
             )
         if limited:
-            log_event("INFO", f"--limit reached: {writer.rows_written} rows saved; run again without --limit to finish")
+            self.reporter.note(
+                "INFO", f"--limit reached: {writer.rows_written} rows saved; run again without --limit to finish"
+            )
             return 0
         self._verify_complete()
         return 0
@@ -184,7 +202,7 @@ class Runner:
         """Stop dispatching new rows; in-flight ones get the grace period."""
         if self._stop_reason is None:
             self._stop_reason = reason
-            log_event("WARNING", f"{self.spec.name}: {reason}; saving finished rows")
+            self.reporter.note("WARNING", f"{self.spec.name}: {reason}; saving finished rows")
         self._stopping.set()
 
     async def _pool(self, client: ChatClient, writer: PartWriter, done: pl.Series) -> bool:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from dataclasses import dataclass
 
 from batchrun.errors import SpecError
+
+_TAG = re.compile(r"part-(\d+)of(\d+)-")
 
 
 @dataclass(frozen=True)
@@ -18,7 +21,7 @@ class Shard:
 
     def owns(self, rid: str) -> bool:
         """Whether this task processes the row with id `rid`."""
-        return self.count == 1 or zlib.crc32(rid.encode("utf-8")) % self.count == self.index
+        return self.count == 1 or owner(rid, self.count) == self.index
 
     @property
     def tag(self) -> str:
@@ -29,6 +32,34 @@ class Shard:
     def share(self) -> float:
         """This task's share of a job-wide rate budget."""
         return 1.0 / self.count
+
+    @property
+    def label(self) -> str:
+        """`I/N`, as --shard takes it and logs show it."""
+        return f"{self.index}/{self.count}"
+
+
+def owner(rid: str, count: int) -> int:
+    """The index of the task that owns `rid` when the job runs as `count` tasks."""
+    return zlib.crc32(rid.encode("utf-8")) % count
+
+
+def shard_of_part(name: str) -> Shard | None:
+    """The shard that wrote a part file, read back from its name (None for a name not ours)."""
+    match = _TAG.search(name)
+    if match is None:
+        return None
+    index, count = int(match.group(1)), int(match.group(2))
+    return Shard(index, count) if 0 <= index < count else None
+
+
+def task_attempt() -> int:
+    """CLOUD_RUN_TASK_ATTEMPT: 0 on a task's first run, 1 and up on its retries."""
+    text = os.environ.get("CLOUD_RUN_TASK_ATTEMPT", "0")
+    try:
+        return max(int(text), 0)
+    except ValueError:
+        raise SpecError(f"CLOUD_RUN_TASK_ATTEMPT {text!r}: expected a whole number") from None
 
 
 def parse_shard(text: str | None) -> Shard:
