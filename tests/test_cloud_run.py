@@ -120,6 +120,10 @@ def test_four_tasks_on_gcs_survive_sigkill_and_sigterm_with_one_row_per_id(make_
         assert all(line.get("shard", f"{index}/{TASKS}") == f"{index}/{TASKS}" for line in lines)
 
     table = read_all(gcs, output)
+    counts = table.group_by("id").len().filter(pl.col("len") > 1)
+    assert counts.is_empty(), f"ids saved twice: {counts}"
+    missing = sorted({f"row-{i:05d}" for i in range(rows)} - set(table.get_column("id")))
+    assert not missing, f"ids never saved (id, task): {[(m, owner(m, TASKS)) for m in missing]}"
     assert len(table) == rows and set(table.get_column("id")) == {f"row-{i:05d}" for i in range(rows)}
     assert (table.get_column("status") == "ok").all()
     sends = sim.counts()
