@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from batchrun.errors import EXIT_BUG, EXIT_OK, EXIT_STOPPED, BatchrunError, StoppedError
-from batchrun.progress import log_event
+from batchrun.progress import log_event, structured_logging
 from batchrun.redact import redact
 from batchrun.shards import parse_shard, task_attempt
 from batchrun.spec import JobSpec, load_spec
@@ -63,6 +63,8 @@ def _run(args: argparse.Namespace, spec: JobSpec) -> int:
         interactive=sys.stderr.isatty(),
         log_interval_s=args.log_interval,
     )
+    if not options.interactive:
+        structured_logging()
     signal.signal(signal.SIGTERM, _stop_before_start)
     return run_job(spec, options)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections import deque
@@ -64,6 +65,27 @@ def log_event(severity: str, message: str, stream: TextIO | None = None, **field
     out = stream or sys.stderr
     out.write(json.dumps(record, default=str) + "\n")
     out.flush()
+
+
+class _JsonLogHandler(logging.Handler):
+    """Library log records (gcsfs, google-auth, asyncio) as JSON lines too: nothing off a terminal is unstructured."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = f"{record.name}: {record.getMessage()}"
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            log_event(record.levelname, message)
+        except Exception:
+            self.handleError(record)
+
+
+def structured_logging() -> None:
+    """Route Python logging and warnings (WARNING and above) through `log_event`, for Cloud Logging."""
+    root = logging.getLogger()
+    root.handlers[:] = [_JsonLogHandler(logging.WARNING)]
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
 
 
 def _scrubbed(value: Any) -> Any:

@@ -114,7 +114,7 @@ def _cost(frame: pl.DataFrame, spec: JobSpec) -> dict[str, Any]:
     unpriced = [g["traffic_type"] for g in groups if g["cost"] is None and g["total_tokens"] > 0]
     return {
         "currency": spec.report.currency,
-        "total": round(sum(g["cost"] or 0.0 for g in groups), 6),
+        "total": round(float(sum(g["cost"] or 0.0 for g in groups)), 6),
         "unpriced_traffic_types": unpriced,
     }
 

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import polars as pl
@@ -27,6 +28,7 @@ from batchrun.schema import output_schema
 
 META_DIR = "_batchrun"
 PART_SUFFIX = ".parquet"
+_READERS = 16
 
 
 class Output:
@@ -93,7 +95,8 @@ class Output:
     def table(self, columns: list[str] | None = None, parts: list[str] | None = None) -> pl.DataFrame:
         """The chosen columns (default: all) of every committed part, or of the given ones."""
         parts = self.parts() if parts is None else parts
-        frames = [_frame(storage.read_parquet(p, columns)) for p in parts]
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:  # thousands of parts on gs:// are read at once
+            frames = list(pool.map(lambda part: _frame(storage.read_parquet(part, columns)), parts))
         if not frames:
             return pl.DataFrame(schema=_empty_schema(columns))
         return pl.concat(frames, how="diagonal_relaxed")
