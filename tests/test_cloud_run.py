@@ -148,6 +148,7 @@ def test_four_tasks_on_gcs_survive_sigkill_and_sigterm_with_one_row_per_id(make_
     assert sum(m["tokens"] for m in report["per_minute"]) == report["tokens"]["total_tokens"]
 
 
+@pytest.mark.slow  # the four-task test above covers SIGTERM by default; this one isolates it on a local disk
 def test_sigterm_saves_finished_rows_and_exits_3_then_the_rerun_finishes(make_job: Any, sim: Sim) -> None:
     """SIGTERM: no new rows, every answered row saved, exit 3 with what remains; the rerun sends only the rest."""
     sim.configure(latency_s=0.05, record=False)
