@@ -230,9 +230,9 @@ class PartWriter:
         storage.write_once(path, _encode(table))
 
     async def close(self) -> None:
-        """Stop the periodic flush and commit whatever is left."""
+        """Let the periodic flush finish its current part, then commit whatever is left."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.flush()
