@@ -246,7 +246,7 @@ class Runner:
         sent = 0
         for batch in self.prepared.source.batches():
             ids = [r.id for r in batch]
-            skip = pl.Series(ids, dtype=pl.String).is_in(done).to_list() if len(done) else [False] * len(ids)
+            skip = pl.Series(ids, dtype=pl.String).is_in(done.implode()).to_list() if len(done) else [False] * len(ids)
             for record, already in zip(batch, skip, strict=True):
                 if already or not owns(record.id):
                     continue

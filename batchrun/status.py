@@ -85,7 +85,7 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
         "error": error,
         "pending": sum(r["pending"] for r in shard_rows),
         "duplicates": len(saved) - saved.get_column("id").n_unique(),
-        "not_in_input": int((~saved.get_column("id").is_in(ids)).sum()),
+        "not_in_input": int((~saved.get_column("id").is_in(ids.implode())).sum()),
         "parts": len(parts),
         "shards": shard_rows,
     }
