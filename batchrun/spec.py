@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batchrun import storage
 from batchrun.errors import SpecError
+from batchrun.spec_files import inline_files
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -78,6 +79,12 @@ class RequestSpec(_Strict):
     media: list[MediaSpec] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
     google: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _read_files(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Schema and tool files are read now, so a run checks them before sending and the fingerprint sees them."""
+        return inline_files(value)
 
     @model_validator(mode="after")
     def _check_prompt(self) -> RequestSpec:
