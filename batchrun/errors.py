@@ -12,6 +12,8 @@
     ├── AuthExpiredError          401: the token is refreshed and the request sent again
     ├── FinalError                400/403/404 and other refusals: never retried
     └── InvalidOutputError        the answer did not parse or match the schema
+
+    RowInputError                 one row cannot become a request (missing value, unreadable media): an `input` row
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class StoppedError(BatchrunError):
     """The run stopped before the end; all finished rows are saved."""
 
     exit_code = EXIT_STOPPED
+
+
+class RowInputError(Exception):
+    """This row cannot become a request; it gets an `input` error row and the run goes on."""
 
 
 class RequestError(Exception):

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import difflib
 import json
-import mimetypes
 import string
 from dataclasses import dataclass
 from typing import Any
 
-from batchrun import storage
-from batchrun.errors import SpecError
+from batchrun.errors import RowInputError, SpecError
+from batchrun.media import media_part
 from batchrun.sources import Record
 from batchrun.spec import JobSpec, MediaSpec
 
-_AUDIO_FORMATS = {"audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/wav": "wav", "audio/x-wav": "wav"}
-
-
-class RowInputError(Exception):
-    """This row cannot become a request (missing value, unreadable media); it gets an `input` error row."""
+__all__ = ["Renderer", "RowInputError"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +125,8 @@ class Renderer:
                 result.append({"role": "system", "content": self.system.render(data)})
             assert self.prompt is not None
             text = self.prompt.render(data)
-            parts = [_media_part(m, data.get(m.column)) for m in self.spec.request.media]
+            openai_style = self.spec.endpoint.kind == "openai"
+            parts = [_media_part(m, data.get(m.column), openai_style=openai_style) for m in self.spec.request.media]
             parts = [p for p in parts if p is not None]
             content: Any = [{"type": "text", "text": text}, *parts] if parts else text
             result.append({"role": "user", "content": content})
@@ -154,35 +149,10 @@ class Renderer:
         return result
 
 
-def _media_part(media: MediaSpec, value: Any) -> dict[str, Any] | None:
-    """One content part for a media column: URIs pass through, local files are inlined as data: URIs."""
+def _media_part(media: MediaSpec, value: Any, *, openai_style: bool) -> dict[str, Any] | None:
+    """One content part for a media column's value; an empty cell adds no part."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise RowInputError(f"media column '{media.column}' must hold a path or URI, got {type(value).__name__}")
-    uri, mime = _media_uri(value, media)
-    if media.type == "audio":
-        audio_format = _AUDIO_FORMATS.get(mime, mime.split("/")[-1]) if mime else "wav"
-        data = uri.split(",", 1)[1] if uri.startswith("data:") else uri
-        return {"type": "input_audio", "input_audio": {"data": data, "format": audio_format}}
-    if media.type == "file":
-        return {"type": "file", "file": {"file_data": uri, "filename": value.rsplit("/", 1)[-1]}}
-    return {"type": "image_url", "image_url": {"url": uri}}
-
-
-def _media_uri(value: str, media: MediaSpec) -> tuple[str, str | None]:
-    """(uri, mime type) for a media value; local files (and gs:// ones with `inline`) are sent as bytes."""
-    if value.startswith("data:"):
-        return value, value[5:].split(";", 1)[0] or None
-    mime = mimetypes.guess_type(value)[0]
-    if value.startswith(("https://", "http://")) or (value.startswith("gs://") and not media.inline):
-        return value, mime
-    try:
-        raw = storage.read_bytes(value)
-    except OSError as exc:
-        raise RowInputError(
-            f"media column '{media.column}': cannot read {value} ({exc.strerror or exc}); "
-            "fix the path (relative paths resolve from the working directory)"
-        ) from None
-    mime = mime or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}", mime
+    return media_part(media.column, media.type, value, openai_style=openai_style, inline_gs=media.inline)

@@ -75,14 +75,16 @@ def test_messages_column_json_string() -> None:
 
 
 def test_local_image_is_inlined_and_uris_pass_through(tmp_path: Path) -> None:
-    """Local media become data: URIs with their MIME type; gs:// stays a URI."""
+    """Local media become data: URIs with their MIME type; gs:// stays a URI in the seeds' REST string form."""
     image = tmp_path / "cat.png"
     image.write_bytes(b"\x89PNG fake")
     r = make({"prompt": "Describe", "media": [{"column": "img", "type": "image"}]})
     parts = r.render(rec({"img": str(image)}))["messages"][0]["content"]
     assert parts[1]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(b"\x89PNG fake").decode()
     parts = r.render(rec({"img": "gs://bucket/a.jpg"}))["messages"][0]["content"]
-    assert parts[1] == {"type": "image_url", "image_url": {"url": "gs://bucket/a.jpg"}}
+    assert parts[1] == {"type": "image_url", "image_url": "gs://bucket/a.jpg"}
+    parts = r.render(rec({"img": "https://example.com/a.jpg"}))["messages"][0]["content"]
+    assert parts[1] == {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}
 
 
 def test_missing_media_file_is_a_row_error(tmp_path: Path) -> None:
