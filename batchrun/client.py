@@ -175,9 +175,9 @@ class ChatClient:
 
 
 def _wait(state: RetryCallState) -> float:
-    """Honour Retry-After / RetryInfo when given; a 401 retries at once; otherwise exponential + jitter."""
+    """Honour Retry-After / RetryInfo when given; a 401 or an invalid answer retries at once; else backoff."""
     error = state.outcome.exception() if state.outcome else None
-    if isinstance(error, AuthExpiredError):
+    if isinstance(error, AuthExpiredError | InvalidOutputError):
         return 0.0
     if isinstance(error, RequestError) and error.retry_after is not None:
         return error.retry_after + random.uniform(0, 0.25 * max(error.retry_after, 0.1))

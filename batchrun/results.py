@@ -80,39 +80,19 @@ class ResultBuilder:
     def ok(self, rid: str, response: dict[str, Any], *, attempts: int, latency_ms: float,
            ttft_ms: float | None) -> Row:
         """The `ok` row for a response (fields Vertex omits on cut-off answers stay null)."""
-        message = _message(response)
-        content, reasoning = self._split(message.get("content"))
-        choice = _choice(response)
-        usage = response.get("usage") or {}
-        details = usage.get("completion_tokens_details") or {}
-        google = ((usage.get("extra_properties") or {}).get("google")) or {}
-        media, mime = _media(message)
-        row: Row = {
+        return {
             "id": rid,
             "status": "ok",
-            "content": content,
-            "reasoning": reasoning,
+            **self._answer(response),
             "parsed": self._parse(response) if self._wants_json else None,
-            "tool_calls": _tool_calls(message),
-            "media": media,
-            "media_mime_type": mime,
-            "finish_reason": choice.get("finish_reason"),
-            "model": response.get("model"),
-            "response_id": response.get("id"),
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens"),
-            "reasoning_tokens": details.get("reasoning_tokens"),
-            "total_tokens": usage.get("total_tokens"),
-            "traffic_type": google.get("traffic_type"),
             "attempts": attempts,
             "latency_ms": latency_ms,
             "ttft_ms": ttft_ms,
             "finished_at": _now(),
         }
-        return row
 
     def failed(self, rid: str, error: RequestError, *, attempts: int) -> Row:
-        """The `error` row for a request that failed for good; an invalid answer keeps its raw text."""
+        """The `error` row for a request that failed for good; an invalid answer keeps its text and usage."""
         row: Row = {
             "id": rid,
             "status": "error",
@@ -123,12 +103,32 @@ class ResultBuilder:
             "finished_at": _now(),
         }
         if isinstance(error, InvalidOutputError):
-            message = _message(error.raw)
-            row["content"] = message.get("content")
-            row["finish_reason"] = _choice(error.raw).get("finish_reason")
-            row["model"] = error.raw.get("model")
-            row["response_id"] = error.raw.get("id")
+            row.update(self._answer(error.raw))
         return row
+
+    def _answer(self, response: dict[str, Any]) -> Row:
+        """The columns every answer fills: text, thoughts, tool calls, media, finish_reason and usage."""
+        message = _message(response)
+        content, reasoning = self._split(message.get("content"))
+        usage = response.get("usage") or {}
+        details = usage.get("completion_tokens_details") or {}
+        google = ((usage.get("extra_properties") or {}).get("google")) or {}
+        media, mime = _media(message)
+        return {
+            "content": content,
+            "reasoning": reasoning,
+            "tool_calls": _tool_calls(message),
+            "media": media,
+            "media_mime_type": mime,
+            "finish_reason": _choice(response).get("finish_reason"),
+            "model": response.get("model"),
+            "response_id": response.get("id"),
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "reasoning_tokens": details.get("reasoning_tokens"),
+            "total_tokens": usage.get("total_tokens"),
+            "traffic_type": google.get("traffic_type"),
+        }
 
 
 def input_error(rid: str, message: str) -> Row:
@@ -157,7 +157,11 @@ def _message(response: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tool_calls(message: dict[str, Any]) -> str | None:
-    """Every tool call as JSON {id, name, arguments, thought_signature?}, or null."""
+    """Every tool call as JSON {id, name, arguments, extra_content?}, or null.
+
+    `extra_content` is Google's object as received (`{"google": {"thought_signature": ...}}`), so the call
+    can be sent back in a later turn exactly as Gemini requires.
+    """
     calls = message.get("tool_calls")
     if not calls:
         return None
@@ -166,11 +170,26 @@ def _tool_calls(message: dict[str, Any]) -> str | None:
         function = call.get("function") or {}
         item: dict[str, Any] = {"id": call.get("id"), "name": function.get("name"),
                                 "arguments": function.get("arguments")}
-        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
-        if signature:
-            item["thought_signature"] = signature
+        if call.get("extra_content"):
+            item["extra_content"] = call["extra_content"]
         out.append(item)
     return json.dumps(out, ensure_ascii=False)
+
+
+def assistant_message(tool_calls: str) -> dict[str, Any]:
+    """The assistant turn that sends a row's `tool_calls` back in a later request, thought signatures included."""
+    return {
+        "role": "assistant",
+        "tool_calls": [
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": call["arguments"]},
+                **({"extra_content": call["extra_content"]} if call.get("extra_content") else {}),
+            }
+            for call in json.loads(tool_calls)
+        ],
+    }
 
 
 def _media(message: dict[str, Any]) -> tuple[bytes | None, str | None]:

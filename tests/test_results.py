@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from batchrun.errors import InvalidOutputError
-from batchrun.results import ResultBuilder, StreamAssembler
+from batchrun.results import ResultBuilder, StreamAssembler, assistant_message
 
 
 def response(
@@ -88,17 +88,31 @@ def test_json_schema_answer_is_parsed_and_checked() -> None:
 
 
 def test_tool_calls_keep_thought_signature() -> None:
-    """Every call with id, name, arguments and Google's thought_signature."""
+    """Every call with id, name, arguments and Google's extra_content as received, so it can be sent back."""
     call = {
         "id": "function-call-1",
         "type": "function",
         "function": {"name": "f", "arguments": "{}"},
         "extra_content": {"google": {"thought_signature": "sig"}},
     }
-    row = build(response({"content": None, "tool_calls": [call]}, finish="tool_calls"))
-    assert json.loads(row["tool_calls"]) == [
-        {"id": "function-call-1", "name": "f", "arguments": "{}", "thought_signature": "sig"}
-    ]
+    plain = {"id": "function-call-2", "type": "function", "function": {"name": "g", "arguments": '{"a":1}'}}
+    row = build(response({"content": None, "tool_calls": [call, plain]}, finish="tool_calls"))
+    signed = {"id": "function-call-1", "name": "f", "arguments": "{}", "extra_content": call["extra_content"]}
+    assert json.loads(row["tool_calls"]) == [signed, {"id": "function-call-2", "name": "g", "arguments": '{"a":1}'}]
+    assert assistant_message(row["tool_calls"]) == {"role": "assistant", "tool_calls": [call, plain]}
+
+
+def test_invalid_output_row_keeps_text_and_usage() -> None:
+    """An answer that fails the schema is an invalid_output error row with its text, thoughts and tokens."""
+    fmt = {"type": "json_object"}
+    builder = ResultBuilder(thought_marker="think", response_format=fmt)
+    bad = response({"content": "<think>hmm</think>not json"})
+    with pytest.raises(InvalidOutputError) as err:
+        builder.check(bad)
+    row = builder.failed("r1", err.value, attempts=3)
+    assert (row["status"], row["error_type"], row["attempts"]) == ("error", "invalid_output", 3)
+    assert (row["content"], row["reasoning"], row["prompt_tokens"], row["total_tokens"]) == ("not json", "hmm", 3, 5)
+    assert "parsed" not in row
 
 
 def test_generated_image_bytes() -> None:
