@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     export = command("export", "Write the output as one compacted Parquet file (local path or gs://).")
     export.add_argument("destination", metavar="FILE.parquet", help="where to write the file")
     export.add_argument("--join-input", action="store_true", help="add the input's columns to each row")
+    export_media = command("export-media", "Write generated images/audio (the media column) as files named by id.")
+    export_media.add_argument("dir", help="the directory to write into (local or gs://)")
     return parser
 
 
@@ -119,6 +121,15 @@ def _export(args: argparse.Namespace, spec: JobSpec) -> int:
     return EXIT_OK
 
 
+def _export_media(args: argparse.Namespace, spec: JobSpec) -> int:
+    """`batchrun export-media`."""
+    from batchrun.media_export import export_media
+
+    exported = export_media(spec, args.dir)
+    print(f"{spec.name}: wrote {exported.files} media files ({exported.bytes} bytes) to {args.dir}")
+    return EXIT_OK
+
+
 def _shorten(value: Any) -> Any:
     """Long data: URIs cut down for display, so a request with an image stays readable."""
     if isinstance(value, str) and len(value) > 200 and value.startswith("data:"):
@@ -136,6 +147,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, JobSpec], int]] = {
     "status": _status,
     "report": _report,
     "export": _export,
+    "export-media": _export_media,
 }
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -100,6 +101,13 @@ class Output:
         if not frames:
             return pl.DataFrame(schema=_empty_schema(columns))
         return pl.concat(frames, how="diagonal_relaxed")
+
+    def scan(self, columns: list[str], batch_rows: int = 256) -> Iterator[dict[str, Any]]:
+        """Every committed row's chosen columns, one row group batch in memory at a time (media can be large)."""
+        for part in self.parts():
+            with storage.open_read(part) as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns):
+                    yield from batch.to_pylist()
 
     def done_ids(self) -> pl.Series:
         """The ids that already have a saved row, for skipping on resume."""
