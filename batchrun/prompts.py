@@ -12,6 +12,7 @@ from batchrun.errors import RowInputError, SpecError
 from batchrun.media import media_part
 from batchrun.sources import Record
 from batchrun.spec import JobSpec, MediaSpec
+from batchrun.spec_files import response_format
 
 __all__ = ["Renderer", "RowInputError"]
 
@@ -63,6 +64,8 @@ class Renderer:
         if input_format == "rows" and self.prompt is None and request.messages_column is None:
             raise SpecError("request: set request.prompt (a template over columns) or request.messages_column")
         self.params = dict(request.params)
+        if spec.endpoint.kind == "openai" and self.params.get("stream") and "stream_options" not in self.params:
+            self.params["stream_options"] = {"include_usage": True}  # OpenAI streams usage only when asked
         self.google = dict(request.google)
 
     def columns_needed(self) -> dict[str, str]:
@@ -137,6 +140,11 @@ class Renderer:
         body = data.get("body")
         if not isinstance(body, dict) or "messages" not in body:
             raise RowInputError("'body' must be an object with 'messages' (OpenAI Batch API format)")
+        if "response_format" in body:
+            try:
+                response_format(body["response_format"], read_files=False)
+            except ValueError as exc:
+                raise RowInputError(f"body.{exc}") from None
         result = dict(body)
         if self.spec.model and "model" not in result:
             result["model"] = self.spec.model

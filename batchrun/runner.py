@@ -98,6 +98,7 @@ class Runner:
             thought_marker=self.spec.request.google.get("thought_tag_marker"),
             response_format=self.spec.request.params.get("response_format"),
         )
+        self._line_builders: dict[str, ResultBuilder] = {}
         keep = [pa.field(name, prepared.summary.types.get(name, pa.string())) for name in self.spec.output.keep_columns]
         self.keep_types = {f.name: f.type for f in keep}
         self.schema = output_schema(keep)
@@ -280,16 +281,30 @@ class Runner:
 
     async def _send(self, client: ChatClient, record: Record, body: dict[str, Any]) -> Row:
         """One row's request, retried by the client, as an ok or error row."""
-        check = self.builder.check if self.builder.wants_json else None
+        builder = self._builder_for(body)
+        check = builder.check if builder.wants_json else None
         estimate = _estimate(body) if client.needs_estimate else 0
         try:
             answer = await client.complete(body, estimate, check)
         except RequestError as exc:
-            return self.builder.failed(record.id, exc, attempts=exc.attempts)
+            return builder.failed(record.id, exc, attempts=exc.attempts)
         self._successes += 1
         self.counters.tokens += int((answer.response.get("usage") or {}).get("total_tokens") or 0)
-        return self.builder.ok(record.id, answer.response, attempts=answer.attempts,
-                               latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
+        return builder.ok(record.id, answer.response, attempts=answer.attempts,
+                          latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
+
+    def _builder_for(self, body: dict[str, Any]) -> ResultBuilder:
+        """The spec's result builder, or one for an OpenAI Batch line's own response_format (checked when rendered)."""
+        line_format = body.get("response_format")
+        spec_format = self.spec.request.params.get("response_format")
+        if self.prepared.summary.format != "openai-batch" or line_format == spec_format:
+            return self.builder
+        key = json.dumps(line_format, sort_keys=True)
+        if key not in self._line_builders:
+            self._line_builders[key] = ResultBuilder(
+                thought_marker=self.spec.request.google.get("thought_tag_marker"), response_format=line_format
+            )
+        return self._line_builders[key]
 
     def _finish(self, writer: PartWriter, row: Row, record: Record | None = None) -> None:
         """Count a finished row and hand it to the writer (held back while the endpoint looks broken)."""

@@ -29,7 +29,7 @@ def inline_files(params: dict[str, Any]) -> dict[str, Any]:
     """`params` with file references replaced by the files' contents, each checked for its shape."""
     result = dict(params)
     if "response_format" in result:
-        result["response_format"] = _response_format(result["response_format"])
+        result["response_format"] = response_format(result["response_format"])
     if "tools" in result:
         result["tools"] = _tools(_maybe_file(result["tools"], "tools"))
     if "tool_choice" in result:
@@ -54,8 +54,8 @@ def _maybe_file(value: Any, where: str) -> Any:
         raise ValueError(f"{where}: {value} is not valid {path.suffix[1:].upper()} ({exc})") from None
 
 
-def _response_format(value: Any) -> dict[str, Any]:
-    """A response_format object; `json_schema.schema` may name a JSON Schema file."""
+def response_format(value: Any, *, read_files: bool = True) -> dict[str, Any]:
+    """A checked response_format object; with `read_files`, `json_schema.schema` may name a JSON Schema file."""
     where = "response_format"
     if not isinstance(value, dict) or value.get("type") not in RESPONSE_FORMATS:
         raise ValueError(f"{where}: expected {{type: {' | '.join(RESPONSE_FORMATS)}, ...}}, got {value!r}")
@@ -67,7 +67,7 @@ def _response_format(value: Any) -> dict[str, Any]:
             f"{where}.json_schema: expected {{name: ..., schema: <JSON Schema or a .json file>}} "
             "(OpenAI's json_schema object form)"
         )
-    schema = _maybe_file(spec["schema"], f"{where}.json_schema.schema")
+    schema = _maybe_file(spec["schema"], f"{where}.json_schema.schema") if read_files else spec["schema"]
     if not isinstance(schema, dict):
         raise ValueError(f"{where}.json_schema.schema: expected a JSON Schema object, got {type(schema).__name__}")
     try:

@@ -460,46 +460,44 @@ def test_vertex_urls_match_the_seeds() -> None:
         assert vertex_url(spec) + "/chat/completions" == seeds.URLS[name]
 
 
-def test_openai_kind_against_the_gemini_api_with_a_cut_off_answer(sim: Sim, tmp_path: Path) -> None:
-    """kind: openai on the Gemini Developer API's OpenAI path with an OpenAI Batch file; an answer cut off
-    before any token (no `message`, no `completion_tokens`) is an ok row with nulls."""
+def batch_line(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One line of an OpenAI Batch API file."""
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def test_openai_kind_against_the_gemini_api_with_a_batch_file(sim: Sim, tmp_path: Path) -> None:
+    """kind: openai on the Gemini Developer API's OpenAI path, streamed, from an OpenAI Batch file: each body is
+    sent as is plus the spec's params (and stream_options, so usage comes back); a line's own response_format is
+    parsed; an answer cut off before any token (no `message`, no `completion_tokens`) is an ok row with nulls."""
     sim.configure(api_key="gemini-key-123")
-    write_rows(
-        tmp_path / "batch.jsonl",
-        [
-            {
-                "custom_id": "full",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": "gemini-2.0-flash", "messages": [{"role": "user", "content": "Hello World"}]},
-            },
-            {
-                "custom_id": "cut",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"messages": [{"role": "user", "content": "Write a long essay."}], "max_tokens": 1},
-            },
-        ],
-    )
+    hello = {"model": "gemini-2.0-flash", "messages": [{"role": "user", "content": "Hello World"}]}
+    lines = [
+        batch_line("full", hello),
+        batch_line("cut", {"messages": [{"role": "user", "content": "Write a long essay."}], "max_tokens": 1}),
+        batch_line(
+            "json",
+            {"messages": [{"role": "user", "content": "Name a colour."}], "response_format": {"type": "json_object"}},
+        ),
+        batch_line("bad", {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json"}}),
+    ]
+    write_rows(tmp_path / "batch.jsonl", lines)
     spec = {
         "name": "gemini-api",
         "input": {"path": "batch.jsonl"},
         "endpoint": {"kind": "openai", "base_url": f"{sim.url}/v1beta/openai/", "api_key_env": "GEMINI_API_KEY"},
         "model": "gemini-2.5-flash",
+        "request": {"params": {"stream": True}},
         "output": {"path": "out"},
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
-    env = {**base_env(), "GEMINI_API_KEY": "gemini-key-123"}
-    result = run_cli(["run", "job.yaml"], env=env, cwd=tmp_path)
+    result = run_cli(["run", "job.yaml"], env={**base_env(), "GEMINI_API_KEY": "gemini-key-123"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     table = rows_by_id(read_output(tmp_path / "out"))
-    assert only(sim, "Hello World") == {
-        "path": "/v1beta/openai/chat/completions",
-        "body": {"model": "gemini-2.0-flash", "messages": [{"role": "user", "content": "Hello World"}]},
-    }
+    streamed = {"stream": True, "stream_options": {"include_usage": True}}
+    assert only(sim, "Hello World") == {"path": "/v1beta/openai/chat/completions", "body": {**hello, **streamed}}
     assert only(sim, "essay")["body"]["model"] == "gemini-2.5-flash"
-    assert table["full"]["status"] == "ok" and table["full"]["model"] == "gemini-2.0-flash"
-    cut = table["cut"]
+    full, cut, answer, bad = (table[k] for k in ("full", "cut", "json", "bad"))
+    assert (full["status"], full["model"], full["total_tokens"] > 0) == ("ok", "gemini-2.0-flash", True)
     assert (cut["status"], cut["finish_reason"], cut["content"], cut["completion_tokens"]) == (
         "ok",
         "length",
@@ -507,3 +505,7 @@ def test_openai_kind_against_the_gemini_api_with_a_cut_off_answer(sim: Sim, tmp_
         None,
     )
     assert cut["prompt_tokens"] > 0 and cut["total_tokens"] == cut["prompt_tokens"]
+    assert json.loads(answer["parsed"]) == {"answer": "Simulated answer to: Name a colour."}
+    assert (bad["status"], bad["error_type"]) == ("error", "input")
+    assert "batch.jsonl:line 4: body.response_format: expected {type: text | json_object" in bad["error_message"]
+    assert len(recorded(sim)) == 3

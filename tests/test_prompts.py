@@ -114,3 +114,20 @@ def test_openai_batch_body_is_sent_as_is_with_spec_defaults() -> None:
         "model": "google/gemini-2.5-flash",
         "temperature": 0,
     }
+
+
+def test_openai_streams_ask_for_usage_and_vertex_streams_stay_as_written() -> None:
+    """OpenAI sends usage in a stream only when asked; Vertex always does, so its body stays the seed's."""
+    openai_body = make({"prompt": "{t}", "params": {"stream": True}},
+                       endpoint={"kind": "openai", "base_url": "http://x/v1"}).render(rec({"t": "a"}))
+    assert openai_body["stream_options"] == {"include_usage": True}
+    vertex_body = make({"prompt": "{t}", "params": {"stream": True}}).render(rec({"t": "a"}))
+    assert "stream_options" not in vertex_body
+
+
+def test_openai_batch_line_with_a_bad_response_format_is_a_row_error() -> None:
+    """A line's own response_format is checked like the spec's; a bad one fails that line only."""
+    r = make({}, fmt="openai-batch")
+    body = {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}
+    with pytest.raises(RowInputError, match="body.response_format.json_schema: expected"):
+        r.render(rec({"custom_id": "c", "body": body}))
