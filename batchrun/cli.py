@@ -130,12 +130,12 @@ def _export_media(args: argparse.Namespace, spec: JobSpec) -> int:
     return EXIT_OK
 
 
-def _shorten(value: Any) -> Any:
-    """Long data: URIs cut down for display, so a request with an image stays readable."""
-    if isinstance(value, str) and len(value) > 200 and value.startswith("data:"):
+def _shorten(value: Any, key: str = "") -> Any:
+    """Inline media (data: URIs, input_audio's base64 `data`) cut down for display, so the request stays readable."""
+    if isinstance(value, str) and len(value) > 200 and (value.startswith("data:") or key == "data"):
         return value[:80] + f"...[{len(value)} chars]"
     if isinstance(value, dict):
-        return {k: _shorten(v) for k, v in value.items()}
+        return {k: _shorten(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_shorten(v) for v in value]
     return value

@@ -263,7 +263,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read, expand and validate a YAML job spec; relative input/output paths resolve against the CWD."""
+    """Read, expand and validate a YAML job spec; every relative path in it resolves against the CWD."""
     spec_path = str(path)
     try:
         text = storage.read_bytes(spec_path).decode("utf-8")

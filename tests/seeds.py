@@ -1,6 +1,6 @@
 """Request bodies and URLs from Google's pages on the endpoint (/work/shared/seeds), transcribed field for field.
 
-Shell placeholders are filled with concrete values (`${MODEL_ID}` -> gemini-2.5-flash, `${ENDPOINT}` ->
+Shell placeholders are filled with concrete values (`${PROJECT_ID}` -> sim-project, `${ENDPOINT}` ->
 1234567890); everything else is as the pages print it. SDK examples are given as the JSON the SDK sends.
 """
 
@@ -62,16 +62,9 @@ GET_IMAGE_TOOL: dict[str, Any] = {  # the multimodal function response curl exam
 
 STORY = {"role": "user", "content": "Write a story about a magic backpack."}
 
-# POST https://{LOCATION}-aiplatform.googleapis.com/v1beta1/.../endpoints/openapi/chat/completions
-NON_STREAMING = {"model": "google/gemini-2.5-flash", "messages": [STORY]}
-STREAMING = {"model": "google/gemini-2.5-flash", "stream": True, "messages": [STORY]}
-
 # POST https://aiplatform.googleapis.com/v1beta1/projects/P/locations/global/endpoints/{ENDPOINT}/chat/completions
 SELF_DEPLOYED = {"messages": [STORY]}
 SELF_DEPLOYED_STREAMING = {"stream": True, "messages": [STORY]}
-
-# POST https://aiplatform.googleapis.com/v1beta1/projects/P/locations/global/endpoints/openapi/chat/completions
-GLOBAL = {"model": "google/gemini-2.0-flash-001", "messages": [{"role": "user", "content": "Hello World"}]}
 
 # POST https://us-central1-aiplatform.googleapis.com/v1/.../locations/us-central1/endpoints/openapi/...
 THINKING_CONFIG = {

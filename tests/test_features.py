@@ -429,21 +429,23 @@ def test_streamed_tool_call_arguments_assemble_into_the_same_rows(sim: Sim, make
 
 
 def test_self_deployed_endpoint_on_global_v1beta1(sim: Sim, make_job: Any) -> None:
-    """endpoint_id and no model: the body has no model, the path names the endpoint, as the seeds show."""
+    """endpoint_id and no model: the body has no model and the path names the endpoint, as the seeds' plain and
+    streamed requests show; the streamed row equals the plain one."""
     job: Job = make_job(
         rows=[{"id": "story", "text": "Write a story about a magic backpack."}],
         endpoint=vertex(sim, location="global", api_version="v1beta1", endpoint_id=seeds.ENDPOINT_ID),
         model=None,
         request={"prompt": "{text}"},
     )
-    spec = yaml.safe_load(job.spec.read_text())
-    spec.pop("model")
-    job.spec.write_text(yaml.safe_dump(spec))
-    row = run_ok(job).row(0, named=True)
+    plain = run_ok(job)
     sent = only(sim)
     assert sent["body"] == seeds.SELF_DEPLOYED
     assert sent["path"] == seeds.path("global", "v1beta1", seeds.ENDPOINT_ID)
-    assert row["status"] == "ok" and row["model"] == seeds.ENDPOINT_ID
+    row = plain.row(0, named=True)
+    assert row["status"] == "ok" and row["model"] == seeds.ENDPOINT_ID and row["content"]
+    streamed = run_ok(job, "--set", "request.params.stream=true", "--set", "output.path=streamed", output="streamed")
+    assert only(sim, '"stream"')["body"] == seeds.SELF_DEPLOYED_STREAMING
+    assert comparable(streamed) == comparable(plain)
 
 
 def test_vertex_urls_match_the_seeds() -> None:

@@ -142,3 +142,16 @@ def test_sample_media_are_regenerated_byte_for_byte(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in committed.iterdir())
     for made in tmp_path.iterdir():
         assert made.read_bytes() == (committed / made.name).read_bytes(), made.name
+
+
+def test_validate_shows_inline_media_cut_down(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`batchrun validate` prints the first request with inline audio cut to a readable length; nothing is sent."""
+    from batchrun.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["validate", "jobs/audio-transcription.yaml"]) == 0
+    shown = capsys.readouterr().out
+    assert "3 rows" in shown and '"format": "wav"' in shown
+    assert "...[2192 chars]" in shown and max(len(line) for line in shown.splitlines()) < 150
