@@ -47,6 +47,7 @@ class Output:
     def prepare(self, fingerprint: str, identity: dict[str, Any], *, force: bool) -> None:
         """Create the directory, refuse one written by another spec or input, and clean crash leftovers."""
         storage.makedirs(self.path)
+        storage.check_writable(self.path)
         if storage.exists(self.meta_path):
             meta = json.loads(storage.read_bytes(self.meta_path))
             if (meta.get("fingerprint"), meta.get("input")) != (fingerprint, identity) and not force:
@@ -67,7 +68,10 @@ class Output:
             storage.write_once(self.meta_path, json.dumps(record, indent=2).encode())
         except OSError as exc:
             if not self._written_by_peer(fingerprint, identity):
-                raise OutputError(f"{self.path}: cannot write to the output directory ({exc.strerror})") from None
+                raise OutputError(
+                    f"{self.path}: cannot write to the output directory ({exc.strerror}); "
+                    "free space or fix permissions and run again", unwritable=True
+                ) from None
         self._clean_temp()
 
     def _written_by_peer(self, fingerprint: str, identity: dict[str, Any]) -> bool:
@@ -79,12 +83,16 @@ class Output:
         return bool((meta.get("fingerprint"), meta.get("input")) == (fingerprint, identity))
 
     def _clean_temp(self) -> int:
-        """Remove this shard's temporary files left by a killed run; other shards' are theirs to clean."""
+        """Remove temporary files a killed run left: this shard's parts, and job.json's.
+
+        A peer task writing job.json at this moment loses its temporary file, finds the file written
+        (`_written_by_peer`) and carries on; other shards' part files are theirs to clean.
+        """
         if storage.is_remote(self.path):
             return 0
         removed = 0
         for name in storage.list_files(self.path, storage.TEMP_SUFFIX):
-            if os.path.basename(name).startswith(f"part-{self.shard_tag}-"):
+            if os.path.basename(name).startswith(f"part-{self.shard_tag}-") or f"/{META_DIR}/" in name:
                 storage.remove(name)
                 removed += 1
         return removed
@@ -227,7 +235,7 @@ class PartWriter:
                 self._failure = OutputError(
                     f"{self._output.path}: writing {name} failed ({exc.strerror or exc}); "
                     f"{self.rows_written} rows saved before stay; free space or fix permissions and run again",
-                    during_run=True,
+                    unwritable=True,
                 )
                 return
             self.rows_written += len(rows)

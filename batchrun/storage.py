@@ -19,6 +19,7 @@ import contextlib
 import os
 import posixpath
 import secrets
+import tempfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -148,7 +149,24 @@ def makedirs(path: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot create the output directory ({exc.strerror})") from None
+        raise OutputError(
+            f"{path}: cannot create the output directory ({exc.strerror}); fix output.path or its permissions",
+            unwritable=True,
+        ) from None
+
+
+def check_writable(directory: str) -> None:
+    """Fail before any request is sent when a local directory cannot take a new file (read-only, no access)."""
+    if is_remote(directory):
+        return
+    try:
+        with tempfile.TemporaryFile(dir=directory):  # unnamed where the OS allows: a crash leaves nothing
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"{directory}: cannot write to the output directory ({exc.strerror}); fix permissions and run again",
+            unwritable=True,
+        ) from None
 
 
 def _fsync_dir(directory: str) -> None:
