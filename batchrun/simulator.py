@@ -49,7 +49,7 @@ WINDOW_S = 60.0  # quotas count over a sliding minute
 HANG_S = 3600.0  # a "hang" outlives any client timeout
 SHUTDOWN_S = 0.5  # stop() does not wait for hanging handlers
 MAX_READ_BYTES = 1 << 30  # aiohttp's own cap; max_body_bytes is checked after reading, as Vertex answers 400
-FAULTS = ("rate_429", "rate_500", "rate_503", "rate_reset", "rate_hang", "rate_truncated")
+FAULTS = ("rate_429", "rate_500", "rate_503", "rate_reset", "rate_hang", "rate_truncated", "rate_not_json")
 CONVENIENCES = {"storm_for_s": "storm_until", "token_fail_for_s": "token_fail_until"}
 STATUS = {
     400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
@@ -80,6 +80,10 @@ METADATA = {  # text answers of the metadata server, by path under /computeMetad
     "/instance/service-accounts/default/email": SERVICE_ACCOUNT,
 }
 STATUS_FAULTS = {"rate_429": 429, "rate_500": 500, "rate_503": 503}
+PROXY_PAGE = (  # what a misrouted proxy or captive portal answers with a 200 in place of JSON
+    "<!DOCTYPE html><html><head><title>Gateway</title></head><body><h1>Please wait</h1>"
+    "<p>Your request is being processed.</p></body></html>"
+)
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # built once: json.dumps builds one per call
 _PUBLIC_KEYS: dict[str, rsa.RSAPublicKey] = {}  # private_key_id -> key, for make_service_account_info's keys
 
@@ -98,6 +102,7 @@ class SimulatorConfig:
     rate_reset: float = 0.0  # connection closed without an answer
     rate_hang: float = 0.0  # never answered: the client's timeout must fire
     rate_truncated: float = 0.0  # 200 with half a body
+    rate_not_json: float = 0.0  # 200 with an HTML page for a body
     rate_invalid_json_answer: float = 0.0  # response_format answers whose content is not JSON
     retry_after_s: float | None = None  # 429s then carry Retry-After and a RetryInfo detail
     storm_until: float = 0.0  # monotonic deadline: every chat request gets 429 until then
@@ -109,6 +114,7 @@ class SimulatorConfig:
     traffic_type: str = "ON_DEMAND"  # usage.extra_properties.google.traffic_type
     max_body_bytes: int = 20 * 1024 * 1024  # bigger bodies get Vertex's 400
     record: bool = False  # keep every chat body for /_sim/requests
+    echo_headers: bool = False  # error bodies repeat the request's headers (token endpoint: its form)
     seed: int = 0  # of the generator that draws faults and jitter
 
     @classmethod
@@ -137,6 +143,7 @@ class SimStats:
     resets: int = 0
     hangs: int = 0
     truncated: int = 0
+    not_json: int = 0
     tokens_issued: int = 0
     token_requests: int = 0
     in_flight: int = 0
@@ -293,6 +300,9 @@ class Simulator:
         if response is None:
             return web.Response()  # the transport is already closed; nothing reaches the client
         self.stats.answered(response.status)
+        if self.config.echo_headers and response.status >= 400 and isinstance(response, web.Response):
+            headers = "; ".join(f"{name}: {value}" for name, value in request.headers.items())
+            return _echoing(response, f"request headers: {headers}")
         return response
 
     async def _serve_chat(self, request: web.Request, route: _Route) -> web.StreamResponse | None:
@@ -322,6 +332,9 @@ class Simulator:
         if fault in ("rate_reset", "rate_hang"):
             await self._drop(request, hang=fault == "rate_hang")
             return None
+        if fault == "rate_not_json":
+            self.stats.not_json += 1
+            return web.Response(text=PROXY_PAGE, content_type="text/html")
         truncated = fault == "rate_truncated"
         broken_json = self._rng.random() < config.rate_invalid_json_answer
         try:
@@ -455,16 +468,24 @@ class Simulator:
     async def _token(self, request: web.Request) -> web.Response:
         """OAuth2 token endpoint: the JWT-bearer grant (service accounts) and refresh_token (users)."""
         self.stats.token_requests += 1
+        form = await request.post()
         if self.clock() < self.config.token_fail_until:
             error = {"error": "temporarily_unavailable", "error_description": STATUS[503][1]}
-            return _json(error, status=503)
-        problem = _grant_problem(await request.post())
+            return self._token_refusal(error, form, status=503)
+        problem = _grant_problem(form)
         if problem is not None:
-            return _json({"error": problem[0], "error_description": problem[1]}, status=400)
+            return self._token_refusal({"error": problem[0], "error_description": problem[1]}, form, status=400)
         token, ttl = self._issue_token(), self.config.token_ttl_s
         # Google has been seen to send expires_in as a string; alternate so clients handle both.
         expires_in: int | str = ttl if self.stats.tokens_issued % 2 else str(ttl)
         return _json({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"})
+
+    def _token_refusal(self, error: dict[str, str], form: Mapping[str, Any], *, status: int) -> web.Response:
+        """A token-endpoint error, repeating the posted form when `echo_headers` is on."""
+        if self.config.echo_headers:
+            echoed = "&".join(f"{key}={value}" for key, value in form.items())
+            error = {**error, "error_description": f"{error['error_description']} (request: {echoed})"}
+        return _json(error, status=status)
 
     def _issue_token(self) -> str:
         """Issue a token and count it."""
@@ -666,6 +687,16 @@ def _jwt_problem(assertion: str) -> tuple[str, str] | None:
 def _unb64(text: str) -> bytes:
     """Decode base64url without padding, as JWTs carry it."""
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _echoing(response: web.Response, extra: str) -> web.Response:
+    """The same error response with `extra` appended to its message (Google list or OpenAI object body)."""
+    assert isinstance(response.body, bytes)
+    body = json.loads(response.body)
+    error = (body[0] if isinstance(body, list) else body)["error"]
+    error["message"] = f"{error['message']} ({extra})"
+    retry_after = response.headers.get("Retry-After")
+    return _json(body, status=response.status, headers={"Retry-After": retry_after} if retry_after else None)
 
 
 def _dumps(value: Any) -> bytes:
