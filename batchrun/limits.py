@@ -7,6 +7,7 @@ at most a small burst and leaks so that burst + one minute of leak never exceeds
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,14 +25,19 @@ def window_safe_limiter(per_minute: float, burst_seconds: float) -> AsyncLimiter
 
 
 class AdaptivePace:
-    """No pace until the endpoint says 429; then additive increase, multiplicative decrease.
+    """No pace until the endpoint says 429; then additive increase, multiplicative decrease, then none again.
 
     Vertex's Dynamic Shared Quota has no number to configure, so the pool learns one: when 429s
     make up more than `tolerance` of the last few seconds' answers, the pace is cut (at most once
     per `cooldown_s`, so one burst of 429s counts once), and every success adds back a little,
     about `increase_per_s` requests/s each second. A scattering of 429s below the tolerance is
     left to the retry policy: cutting on each would drive the pace to nothing while the endpoint
-    keeps refusing the same small share of requests at any speed.
+    keeps refusing the same small share of requests at any speed. Once no cut has come for
+    `release_after_s`, the pace is lifted: a storm's low rate must not outlive the storm.
+
+    Waiters go one at a time in arrival order; the first sleeps until one interval at the
+    *current* rate has passed since the last send, and wakes early when the rate changes, so a
+    cut during a storm never books slots far into the calm that follows.
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class AdaptivePace:
         tolerance: float = 0.1,
         window_s: float = 3.0,
         min_answers: int = 50,
+        release_after_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate: float | None = None
@@ -53,23 +60,31 @@ class AdaptivePace:
         self._decrease = decrease
         self._increase = increase_per_s
         self._cooldown = cooldown_s
+        self._release_after = release_after_s
         self._clock = clock
-        self._next_slot = 0.0
+        self._last_send = float("-inf")
         self._last_cut = float("-inf")
         self._sent: deque[float] = deque()
+        self._turn = asyncio.Lock()
+        self._changed = asyncio.Event()
 
     async def acquire(self) -> None:
-        """Wait for this request's slot in the pace, if one is set."""
+        """Wait for this request's turn in the pace, if one is set."""
         now = self._clock()
         self._sent.append(now)
         while self._sent and self._sent[0] < now - 5.0:
             self._sent.popleft()
         if self.rate is None:
             return
-        slot = max(now, self._next_slot)
-        self._next_slot = slot + 1.0 / self.rate
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        async with self._turn:
+            while self.rate is not None:
+                wait = self._last_send + 1.0 / self.rate - self._clock()
+                if wait <= 0:
+                    break
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), wait)
+            self._last_send = self._clock()
 
     def _answered(self, now: float, limited: bool) -> float:
         """Record an answer; the share of 429s among the answers of the last `window_s` seconds."""
@@ -92,12 +107,19 @@ class AdaptivePace:
         base = self.rate if self.rate is not None else measured
         self.rate = max(0.2, base * self._decrease)
         self._last_cut = now
+        self._changed.set()
 
     def on_success(self) -> None:
-        """A success: raise the pace by about `increase_per_s` per second."""
-        self._answered(self._clock(), False)
-        if self.rate is not None:
+        """A success: raise the pace by about `increase_per_s` per second, or lift it after a calm spell."""
+        now = self._clock()
+        self._answered(now, False)
+        if self.rate is None:
+            return
+        if now - self._last_cut >= self._release_after:
+            self.rate = None
+        else:
             self.rate += self._increase / self.rate * max(1.0, self.rate / 10)
+        self._changed.set()
 
 
 class Limits:
