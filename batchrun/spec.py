@@ -8,6 +8,7 @@ import json
 import os
 import re
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -177,7 +178,19 @@ class JobSpec(_Strict):
         return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def expand_env(value: Any, where: str = "") -> Any:
+Loc = tuple[int | str, ...]
+LineOf = Callable[[Loc], int | None]
+
+
+class _UnsetVariable(SpecError):
+    """An unset ${VAR}: carries where it is, so the message can name the YAML line."""
+
+    def __init__(self, message: str, loc: Loc) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def expand_env(value: Any, loc: Loc = ()) -> Any:
     """Replace ${VAR} and ${VAR:-default} in every string, naming the YAML path of an unset variable."""
     if isinstance(value, str):
 
@@ -188,17 +201,48 @@ def expand_env(value: Any, where: str = "") -> Any:
                 return found
             if default is not None:
                 return default
-            raise SpecError(
-                f"{where or 'spec'}: environment variable {name} is not set "
-                f"(export {name}=..., or write ${{{name}:-default}})"
+            raise _UnsetVariable(
+                f"{_dotted(loc) or 'spec'}: environment variable {name} is not set "
+                f"(export {name}=..., or write ${{{name}:-default}})",
+                loc,
             )
 
         return _ENV_PATTERN.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {k: expand_env(v, (*loc, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [expand_env(v, (*loc, i)) for i, v in enumerate(value)]
     return value
+
+
+def _dotted(loc: Loc) -> str:
+    """A YAML path as users write it: `request.media[0].column`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def yaml_lines(text: str) -> LineOf:
+    """Where each YAML path is written (1-based line of its key or item), for messages that point at it."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None
+
+    def line_of(loc: Loc) -> int | None:
+        node, line = root, None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                found = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+                if found is None:
+                    break
+                line, node = found[0].start_mark.line + 1, found[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    return line_of
 
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
@@ -217,10 +261,11 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _describe(error: Any) -> str:
-    """One line per pydantic error: the YAML path, what is wrong, and the nearest valid key."""
+def _describe(error: Any, line_of: LineOf) -> str:
+    """One line per pydantic error: the YAML line and path, what is wrong, and the nearest valid key."""
     loc = tuple(error["loc"])
-    path = ".".join(str(p) for p in loc) or "(top level)"
+    line = line_of(loc)
+    path = (f"line {line}: " if line else "") + (_dotted(loc) or "(top level)")
     if error["type"] == "extra_forbidden":
         model = _model_at(loc)
         valid = list(model.model_fields) if model else []
@@ -233,15 +278,19 @@ def _describe(error: Any) -> str:
     return f"{path}: {message}"
 
 
-def parse_spec(raw: Any, source: str = "job spec") -> JobSpec:
+def parse_spec(raw: Any, source: str = "job spec", line_of: LineOf = lambda _: None) -> JobSpec:
     """Validate a parsed YAML mapping into a JobSpec, or raise one SpecError that lists every problem."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: expected a YAML mapping at the top level (name:, input:, output:, ...)")
-    expanded = expand_env(raw)
+    try:
+        expanded = expand_env(raw)
+    except _UnsetVariable as exc:
+        line = line_of(exc.loc)
+        raise SpecError(f"{source}:{f' line {line}:' if line else ''} {exc.message}") from None
     try:
         return JobSpec.model_validate(expanded)
     except ValidationError as exc:
-        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        lines = "\n  ".join(_describe(e, line_of) for e in exc.errors())
         raise SpecError(f"{source} is invalid:\n  {lines}") from None
 
 
@@ -280,4 +329,4 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         raise SpecError(f"{spec_path}:{where}: not valid YAML ({problem})") from None
     if isinstance(raw, dict) and overrides:
         raw = apply_overrides(raw, overrides)
-    return parse_spec(raw, str(spec_path))
+    return parse_spec(raw, str(spec_path), yaml_lines(text))
