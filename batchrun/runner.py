@@ -62,6 +62,8 @@ def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
     """Validate the spec against the input and render its first rows; sends nothing."""
     source = Source(spec.input)
     summary = source.summarize(spec.output.keep_columns, shard.owns if shard else None)
+    if summary.rows == summary.broken:
+        raise InputError(f"{spec.input.path}: no line or row could be read; check the file format")
     renderer = Renderer(spec, summary.format)
     renderer.check_columns(summary.columns, spec.input.path)
     first: dict[str, Any] | None = None
@@ -264,7 +266,7 @@ class Runner:
                     self._finish(writer, input_error(record.id, f"{where}: {exc}"))
                     continue
                 await queue.put((record, body))
-            await asyncio.sleep(0)
+                await asyncio.sleep(0)  # one woken worker at a time: 2,000 starting at once would stall the loop
         return False
 
     async def _worker(
@@ -364,7 +366,5 @@ def _estimate(body: dict[str, Any]) -> int:
 def run_job(spec: JobSpec, options: RunOptions) -> int:
     """Validate, then run the job; the exit code follows design.md section 2."""
     prepared = prepare(spec, options.shard)
-    if prepared.summary.rows == prepared.summary.broken:
-        raise InputError(f"{spec.input.path}: no line or row could be read; check the file format")
     return asyncio.run(Runner(prepared, options).run())
 
