@@ -18,7 +18,8 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from conftest import Job, Sim
+
+from tests.conftest import Job, Sim
 
 FIGURES_ENV = "BATCHRUN_FIGURES"
 POLL_S = 0.05
@@ -33,6 +34,20 @@ def record(fault: str, **values: Any) -> None:
     if target:
         with open(target, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
+
+
+def complaints(stderr: str) -> list[str]:
+    """The messages a run told its user it stopped with: `batchrun: error: ...` lines on a terminal,
+    ERROR/WARNING JSON lines off one (as a subprocess or a captured stream is)."""
+    found: list[str] = []
+    for line in stderr.splitlines():
+        if line.startswith("batchrun: error: "):
+            found.append(line.removeprefix("batchrun: error: "))
+        elif line.startswith("{"):
+            event = json.loads(line)
+            if event.get("severity") in ("ERROR", "WARNING") and "rows_done" not in event:
+                found.append(str(event["message"]))
+    return found
 
 
 # --- the output on disk ------------------------------------------------------------------------------

@@ -10,17 +10,18 @@ import asyncio
 from typing import Any
 
 import pytest
-from faults import Step, drive, finished_table, numbered_rows, outcome, record
 
 from batchrun.limits import AdaptivePace
+from tests.faults import Step, drive, finished_table, numbered_rows, outcome, record
 
 SEED = 6
 
+SLOW = pytest.mark.slow  # CI runs a sample; test_all_faults_together covers every kind in the default run
 TRANSIENT = [
-    pytest.param("500/503 errors", {"rate_500": 0.05, "rate_503": 0.05}, {}, id="5xx"),
-    pytest.param("dropped connections", {"rate_reset": 0.1}, {}, id="reset"),
+    pytest.param("500/503 errors", {"rate_500": 0.05, "rate_503": 0.05}, {}, id="5xx", marks=SLOW),
+    pytest.param("dropped connections", {"rate_reset": 0.1}, {}, id="reset", marks=SLOW),
     pytest.param("responses that never come", {"rate_hang": 0.05}, {"retry__timeout_s": 1}, id="hang"),
-    pytest.param("truncated JSON bodies", {"rate_truncated": 0.1}, {}, id="truncated"),
+    pytest.param("truncated JSON bodies", {"rate_truncated": 0.1}, {}, id="truncated", marks=SLOW),
     pytest.param("non-JSON bodies (HTML page)", {"rate_not_json": 0.1}, {}, id="not-json"),
 ]
 
@@ -56,6 +57,7 @@ def test_random_transient_fault_ends_every_row_ok(
     record(fault, injected=_injected(sim.stats()), **outcome(table, sim, len(rows)))
 
 
+@SLOW
 def test_5xx_burst_then_recovery(sim: Any, make_job: Any) -> None:
     """Every request answered 500 or 503 for 3 s mid-run: the run rides the burst out, every row ok."""
     rows = numbered_rows(400)
@@ -76,8 +78,8 @@ def test_5xx_burst_then_recovery(sim: Any, make_job: Any) -> None:
     ("storm_s", "retry_after_s"),
     [
         pytest.param(5.0, None, id="5s"),
-        pytest.param(30.0, None, id="30s", marks=pytest.mark.slow),
-        pytest.param(30.0, 1.0, id="30s-retryinfo-1s", marks=pytest.mark.slow),
+        pytest.param(30.0, None, id="30s", marks=SLOW),
+        pytest.param(30.0, 1.0, id="30s-retryinfo-1s", marks=SLOW),
     ],
 )
 def test_429_storm_then_recovery(sim: Any, make_job: Any, storm_s: float, retry_after_s: float | None) -> None:
@@ -100,8 +102,9 @@ def test_pace_lifted_after_a_storm_wakes_a_waiting_request() -> None:
     async def scenario() -> None:
         now = [0.0]
         pace = AdaptivePace(clock=lambda: now[0])
-        for _ in range(20):  # a 429 every second: the pace sinks to its floor
-            pace.on_rate_limited()
+        for _ in range(20):  # every answer a 429, second after second: the pace sinks to its floor
+            for _ in range(60):
+                pace.on_rate_limited()
             now[0] += 1.0
         assert pace.rate == 0.2
         await pace.acquire()
@@ -162,7 +165,7 @@ ALL_RATES = {
 
 @pytest.mark.parametrize(
     ("n", "storm_s", "outage_s"),
-    [pytest.param(300, 3.0, 3.0, id="short"), pytest.param(3000, 10.0, 10.0, id="long", marks=pytest.mark.slow)],
+    [pytest.param(300, 3.0, 3.0, id="short"), pytest.param(3000, 10.0, 10.0, id="long", marks=SLOW)],
 )
 def test_all_faults_together(sim: Any, make_job: Any, n: int, storm_s: float, outage_s: float) -> None:
     """Every fault at once, with a storm, a token outage and a revocation on top: only oversized rows end `error`."""

@@ -11,7 +11,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from faults import finished_table, numbered_rows, record
+
+from batchrun.cli import main
+from tests.faults import complaints, finished_table, numbered_rows, record
 
 
 def _jsonl_bytes(path: Path, lines: list[bytes]) -> None:
@@ -69,24 +71,33 @@ REFUSALS = [
 
 
 @pytest.mark.parametrize("case", REFUSALS, ids=[c.what for c in REFUSALS])
-def test_bad_input_is_refused_with_one_clear_message(sim: Any, make_job: Any, case: Refusal) -> None:
-    """Exit 2 with one `batchrun: error:` message naming the file and line/key, no traceback, nothing sent."""
+def test_bad_input_is_refused_with_one_clear_message(
+    sim: Any, make_job: Any, case: Refusal, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 2 with one `batchrun: error:` message naming the file and line/key, no traceback, nothing sent.
+
+    `batchrun run` is called in-process (the CLI's own `main`): every case stops before the first
+    request, so a subprocess per case would only measure interpreter start-up."""
     job = make_job(case.rows if case.rows is not None else ROWS, **case.spec)
     if case.plant is not None:
         case.plant(job.dir)
-    result = job.run("run")
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stderr.count("batchrun: error:") == 1, result.stderr
+    monkeypatch.chdir(job.dir)
+    monkeypatch.delenv("BATCHRUN_UNSET_PROJECT", raising=False)
+    code = main(["run", str(job.spec)])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    messages = complaints(stderr)
+    assert len(messages) == 1, stderr
     for fragment in case.says:
-        assert fragment in result.stderr, result.stderr
+        assert fragment in messages[0], messages[0]
     if case.line_of_key is not None:
         written = job.spec.read_text().splitlines()
         line = next(n for n, text in enumerate(written, 1) if text.strip().startswith(f"{case.line_of_key}:"))
-        assert f"line {line}:" in result.stderr, result.stderr
+        assert f"line {line}:" in messages[0], messages[0]
     assert sim.stats()["requests"] == 0
     assert not job.output.exists(), "a refused run must not create its output"
-    record(f"bad input: {case.what}", exit_code=2, message=result.stderr.strip().replace("\n", " "))
+    record(f"bad input: {case.what}", exit_code=2, message=messages[0].replace("\n", " "))
 
 
 def test_unreadable_lines_become_input_error_rows(make_job: Any) -> None:

@@ -22,12 +22,12 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import REPO, Job, write_rows
-from faults import finished_table, numbered_rows, record
 
 from batchrun.runner import Runner, RunOptions, prepare
 from batchrun.simulator import make_service_account_info, vertex_base_url
 from batchrun.spec import parse_spec
+from tests.conftest import REPO, Job, write_rows
+from tests.faults import finished_table, numbered_rows, record
 
 IN_FLIGHT = 2000
 TICK_S = 0.01
