@@ -175,14 +175,20 @@ class ChatClient:
 
 
 def _wait(state: RetryCallState) -> float:
-    """Honour Retry-After / RetryInfo when given; a 401 or an invalid answer retries at once; else backoff."""
+    """Exponential backoff with jitter, never sooner than a Retry-After / RetryInfo asks; a 401 or an invalid
+    answer retries at once.
+
+    The server's delay is a floor, not the whole wait: a 30 s 429 storm that keeps saying "retry in
+    1 s" would otherwise spend all of a row's attempts within its first 10 seconds.
+    """
     error = state.outcome.exception() if state.outcome else None
     if isinstance(error, AuthExpiredError | InvalidOutputError):
         return 0.0
-    if isinstance(error, RequestError) and error.retry_after is not None:
-        return error.retry_after + random.uniform(0, 0.25 * max(error.retry_after, 0.1))
     ceiling = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** (state.attempt_number - 1))
-    return random.uniform(ceiling / 2, ceiling)
+    backoff = random.uniform(ceiling / 2, ceiling)
+    if isinstance(error, RequestError) and error.retry_after is not None:
+        return max(backoff, error.retry_after + random.uniform(0, 0.25 * max(error.retry_after, 0.1)))
+    return backoff
 
 
 def _decode(raw: bytes) -> dict[str, Any]:

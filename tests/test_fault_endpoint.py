@@ -10,7 +10,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from tenacity import AsyncRetrying, RetryCallState
 
+from batchrun.client import BACKOFF_INITIAL_S, BACKOFF_MAX_S, _wait
+from batchrun.errors import RateLimitedError
 from batchrun.limits import AdaptivePace
 from tests.faults import Step, drive, finished_table, numbered_rows, outcome, record
 
@@ -119,6 +122,16 @@ def test_pace_lifted_after_a_storm_wakes_a_waiting_request() -> None:
         assert pace.rate is None and waiter.done()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("attempt", [1, 3, 6])
+def test_retry_info_is_a_floor_under_the_backoff(attempt: int) -> None:
+    """A 429 saying "retry in 1 s" waits at least 1 s, and no less than the exponential backoff of that attempt."""
+    state = RetryCallState(retry_object=AsyncRetrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = attempt
+    state.set_exception((RateLimitedError, RateLimitedError("HTTP 429", http_status=429, retry_after=1.0), None))
+    floor = max(1.0, min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** (attempt - 1)) / 2)
+    assert all(_wait(state) >= floor for _ in range(50))
 
 
 def test_token_endpoint_outage_waits_and_resumes(sim: Any, make_job: Any) -> None:
