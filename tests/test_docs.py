@@ -108,3 +108,12 @@ def test_readme_links_the_guides() -> None:
     readme = (REPO / "README.md").read_text()
     assert "docs/cloud-run.md" in readme and "docs/analysts.md" in readme
     assert Path(REPO / "Dockerfile").exists()
+
+
+def test_reliability_page_covers_every_fault_test() -> None:
+    """docs/reliability.md names every test of the fault suite, so a new fault case comes with its figures."""
+    page = (REPO / "docs" / "reliability.md").read_text()
+    assert "docs/reliability.md" in (REPO / "README.md").read_text()
+    for module in sorted((REPO / "tests").glob("test_fault_*.py")):
+        for name in re.findall(r"^def (test_\w+)", module.read_text(), re.M):
+            assert name in page, f"{module.name}::{name} is not in docs/reliability.md"
