@@ -175,8 +175,7 @@ class ChatClient:
 
 
 def _wait(state: RetryCallState) -> float:
-    """Exponential backoff with jitter, never sooner than a Retry-After / RetryInfo asks; a 401 or an invalid
-    answer retries at once.
+    """Exponential backoff with jitter, never sooner than Retry-After / RetryInfo; 401s and bad answers at once.
 
     The server's delay is a floor, not the whole wait: a 30 s 429 storm that keeps saying "retry in
     1 s" would otherwise spend all of a row's attempts within its first 10 seconds.
