@@ -85,6 +85,7 @@ def structured_logging() -> None:
     root = logging.getLogger()
     root.handlers[:] = [_JsonLogHandler(logging.WARNING)]
     root.setLevel(logging.WARNING)
+    logging.captureWarnings(False)  # re-install even if an earlier call's hook was since replaced
     logging.captureWarnings(True)
 
 
