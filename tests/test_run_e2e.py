@@ -60,7 +60,7 @@ def test_builtin_simulator_sample_job(tmp_path: Path) -> None:
 @pytest.mark.parametrize("rows", [3000, pytest.param(20_000, marks=pytest.mark.slow)])
 def test_faulty_endpoint_large_job(rows: int, sim: Sim, make_job: object) -> None:
     """Under 5% 429s, 3% 500s, 1% dropped connections and revoked tokens: one correct row per id."""
-    sim.configure(rate_429=0.05, rate_500=0.03, rate_reset=0.01, revoke_every_s=3.0, record=False)
+    sim.configure(rate_429=0.05, rate_500=0.03, rate_reset=0.01, revoke_every_s=1.0, record=False)
     job: Job = make_job(n=rows, limits={"concurrency": 128}, output__flush_rows=2000)  # type: ignore[operator]
     result = job.run("run", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -207,7 +207,8 @@ def test_other_spec_output_is_refused_unless_forced(sim: Sim, make_job: object) 
 
 def test_short_lived_tokens_are_refreshed_without_stopping(sim: Sim, make_job: object) -> None:
     """Tokens living 3 s are refreshed ahead of expiry, one refresh at a time, while the pool runs."""
-    sim.configure(token_ttl_s=3, latency_s=0.01)
+    # 1,500 rows at 0.1 s each over 32 workers take at least 4.7 s, so one token cannot last the run.
+    sim.configure(token_ttl_s=3, latency_s=0.1)
     job: Job = make_job(n=1500, limits={"concurrency": 32})  # type: ignore[operator]
     started = time.monotonic()
     result = job.run("run")
