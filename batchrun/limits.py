@@ -1,125 +1,280 @@
-"""Requests/min and tokens/min budgets (aiolimiter) and an adaptive pace that backs off on 429s.
+"""Requests/min and tokens/min budgets, and an adaptive pace that learns the endpoint's quota from 429s.
 
-A configured budget is a promise about every 60-second window, not an average: each bucket holds
-at most a small burst and leaks so that burst + one minute of leak never exceeds the budget.
+A configured budget is a promise about every 60-second window, not an average:
+
+- requests/min: an aiolimiter bucket whose burst plus one minute of leak equals the budget;
+- tokens/min: a `SlidingWindow` ledger. A request reserves its estimated size before it is sent and
+  settles to the real usage when the answer comes: unused tokens are refunded at once, an overrun
+  is charged at the moment the request was sent, so the ledger always matches what the endpoint
+  counted over the last minute;
+- neither set: `AdaptivePace`, which sends freely until the endpoint refuses, then keeps both a
+  sliding minute and an even pace under what the endpoint accepted.
+
+Everything here waits on the event loop's clock (`loop.time()`), so tests drive it with a virtual
+clock and nothing sleeps for real.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
 from batchrun.spec import LimitsSpec
 
+# A quota counts requests when they arrive, the budgets here when they are sent. Send-to-arrival
+# delays vary by milliseconds, so a budget that frees a slot at exactly send + 60 s lets the next
+# request arrive while the endpoint still counts the old one (measured: 18% 429s under a tight
+# tokens/min quota). Every budget therefore spans one extra second: 1.6% of throughput.
+WINDOW_S = 61.0
+
 
 def window_safe_limiter(per_minute: float, burst_seconds: float) -> AsyncLimiter:
-    """A leaky bucket whose burst plus 60 s of leak equals `per_minute`, so no minute exceeds it."""
+    """A leaky bucket whose burst plus a window (`WINDOW_S`) of leak equals `per_minute`."""
     burst = max(1.0, per_minute * burst_seconds / 60)
-    leak_per_s = max((per_minute - burst) / 60, 1e-6)
+    leak_per_s = max((per_minute - burst) / WINDOW_S, 1e-6)
     return AsyncLimiter(max_rate=burst, time_period=burst / leak_per_s)
 
 
+class Reservation:
+    """What one request holds in a SlidingWindow: when it was charged and how much it is charged now."""
+
+    __slots__ = ("amount", "at")
+
+    def __init__(self, at: float, amount: int) -> None:
+        self.at = at
+        self.amount = amount
+
+
+class SlidingWindow:
+    """At most `limit` units over any `window_s` seconds, each unit counted when it was reserved.
+
+    A ledger of reservations, oldest first. Waiters are served first come, first served and woken
+    by `loop.call_at` at the exact moment enough old reservations leave the window, or at once by a
+    refund or a higher limit; there is no polling loop. `limit=None` admits everything but keeps
+    the ledger, so a limit set later starts from what the last minute really holds.
+    """
+
+    def __init__(self, limit: float | None, window_s: float = WINDOW_S) -> None:
+        self._limit = limit
+        self._window = window_s
+        self._ledger: deque[Reservation] = deque()
+        self._used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[Reservation]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def limit(self) -> float | None:
+        """Units allowed per window (None: no limit)."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: float | None) -> None:
+        self._limit = value
+        self._wake()
+
+    def __len__(self) -> int:
+        """Reservations in the ledger: at most one window's worth once the clock has moved on."""
+        return len(self._ledger)
+
+    def used(self, now: float) -> int:
+        """Units charged over the window ending `now`."""
+        self._expire(now)
+        return self._used
+
+    async def reserve(self, amount: int) -> Reservation:
+        """Charge `amount` now, waiting until it fits; an amount larger than the limit waits for an empty window."""
+        loop = asyncio.get_running_loop()
+        if not self._waiters and self._fits(amount, loop.time()):
+            return self._charge(amount, loop.time())
+        future: asyncio.Future[Reservation] = loop.create_future()
+        self._waiters.append((amount, future))
+        self._wake()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.settle(future.result(), 0)  # granted as the task was cancelled: give it back
+            with contextlib.suppress(ValueError):
+                self._waiters.remove((amount, future))
+            self._wake()
+            raise
+
+    def settle(self, reservation: Reservation, actual: int) -> None:
+        """Correct a reservation to what was really used: a refund frees room now, an overrun counts at its time."""
+        if self._ledger and reservation.at >= self._ledger[0].at:  # still in the ledger: expiry is oldest first
+            self._used += actual - reservation.amount
+        reservation.amount = actual
+        self._wake()
+
+    def _fits(self, amount: int, now: float) -> bool:
+        """Whether `amount` more stays within the limit over the window ending `now`."""
+        used = self.used(now)  # expires old reservations even with no limit, so the ledger stays a minute long
+        return self._limit is None or used + amount <= self._limit or used <= 0
+
+    def _charge(self, amount: int, now: float) -> Reservation:
+        """Add a reservation at `now`."""
+        reservation = Reservation(now, amount)
+        self._ledger.append(reservation)
+        self._used += amount
+        return reservation
+
+    def _expire(self, now: float) -> None:
+        """Forget reservations older than the window."""
+        ledger, window = self._ledger, self._window
+        while ledger and ledger[0].at + window <= now:  # the very sum `_room_at` schedules the wake-up for
+            self._used -= ledger.popleft().amount
+
+    def _wake(self) -> None:
+        """Grant every waiter that fits now, in order; then set a timer for when the first of the rest will."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._waiters and self._waiters[0][1].done():
+            self._waiters.popleft()
+        if not self._waiters:
+            return
+        loop = self._waiters[0][1].get_loop()
+        now = loop.time()
+        while self._waiters:
+            amount, future = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+                continue
+            if not self._fits(amount, now):
+                break
+            self._waiters.popleft()
+            future.set_result(self._charge(amount, now))
+        if self._waiters:
+            self._timer = loop.call_at(self._room_at(self._waiters[0][0]), self._wake)
+
+    def _room_at(self, amount: int) -> float:
+        """When enough of the oldest reservations will have left the window for `amount` to fit."""
+        assert self._limit is not None
+        excess = self._used + amount - self._limit
+        for reservation in self._ledger:
+            excess -= reservation.amount
+            if excess <= 0:
+                return reservation.at + self._window
+        return self._ledger[-1].at + self._window if self._ledger else 0.0
+
+
 class AdaptivePace:
-    """No pace until the endpoint says 429; then additive increase, multiplicative decrease, then none again.
+    """No limit until the endpoint refuses; then a learned requests-per-minute figure, kept two ways.
 
-    Vertex's Dynamic Shared Quota has no number to configure, so the pool learns one: when 429s
-    make up more than `tolerance` of the last few seconds' answers, the pace is cut (at most once
-    per `cooldown_s`, so one burst of 429s counts once), and every success adds back a little,
-    about `increase_per_s` requests/s each second. A scattering of 429s below the tolerance is
-    left to the retry policy: cutting on each would drive the pace to nothing while the endpoint
-    keeps refusing the same small share of requests at any speed. Once no cut has come for
-    `release_after_s`, the pace is lifted: a storm's low rate must not outlive the storm.
+    Vertex's Dynamic Shared Quota has no number to configure, and fixed quotas count over a sliding
+    minute, so the pool learns a figure. A scattering of 429s is left to the retry policy (cutting
+    on each would drive the pace to nothing while the endpoint refuses the same small share at any
+    speed): only when 429s are more than `trigger` of recent answers does the figure drop, to
+    `decrease` times what the endpoint accepted over the last minute. The figure is kept both as a
+    sliding minute (nothing is sent until the endpoint's own window has room, so a burst that
+    filled it is not followed by a minute of refusals) and as an even pace.
 
-    Waiters go one at a time in arrival order; the first sleeps until one interval at the
-    *current* rate has passed since the last send, and wakes early when the rate changes, so a
-    cut during a storm never books slots far into the calm that follows.
+    The level the endpoint accepted when it first refused is remembered as known-good. Below it the
+    figure climbs back fast (`recover_per_s`: a storm's low pace must not outlive the storm); up to
+    it successes raise it by `increase_per_s`; beyond it only after a whole window without a 429,
+    and any 429 up there sends it back. So a fixed quota is held just under without a saw-tooth of
+    refusals, and a shared pool that frees up is used again.
+
+    Waiters pass the pace one at a time: the first sleeps until one interval at the *current*
+    figure has passed since the last send and wakes early when the figure changes, so a cut
+    during a storm never books slots far into the calm that follows.
     """
 
     def __init__(
         self,
         *,
-        decrease: float = 0.7,
-        increase_per_s: float = 0.5,
-        cooldown_s: float = 1.0,
-        tolerance: float = 0.1,
-        window_s: float = 3.0,
-        min_answers: int = 50,
-        release_after_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
+        decrease: float = 0.95,
+        increase_per_s: float = 0.002,
+        recover_per_s: float = 1.0,
+        trigger: float = 0.2,
+        memory: int = 200,
+        floor_per_minute: float = 12.0,
+        window_s: float = WINDOW_S,
     ) -> None:
-        self.rate: float | None = None
-        self._tolerance = tolerance
-        self._window = window_s
-        self._min_answers = min_answers
-        self._answers: deque[tuple[float, bool]] = deque()
+        self.per_minute: float | None = None
         self._decrease = decrease
         self._increase = increase_per_s
-        self._cooldown = cooldown_s
-        self._release_after = release_after_s
-        self._clock = clock
-        self._last_send = float("-inf")
+        self._recover = recover_per_s
+        self._trigger = trigger
+        self._alpha = 1.0 / memory
+        self._floor = floor_per_minute
+        self._refused = 0.0  # moving average of "this answer was a 429"
+        self._window = SlidingWindow(None, window_s)
+        self._window_s = window_s
+        self._known_good = float("inf")  # requests/min the endpoint accepted when it last refused
         self._last_cut = float("-inf")
-        self._sent: deque[float] = deque()
+        self._last_refusal = float("-inf")
+        self._last_raise: float | None = None
+        self._last_send = float("-inf")
         self._turn = asyncio.Lock()
         self._changed = asyncio.Event()
 
-    async def acquire(self) -> None:
-        """Wait for this request's turn in the pace, if one is set."""
-        now = self._clock()
-        self._sent.append(now)
-        while self._sent and self._sent[0] < now - 5.0:
-            self._sent.popleft()
-        if self.rate is None:
-            return
-        async with self._turn:
-            while self.rate is not None:
-                wait = self._last_send + 1.0 / self.rate - self._clock()
-                if wait <= 0:
-                    break
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), wait)
-            self._last_send = self._clock()
+    async def acquire(self) -> Reservation:
+        """Wait for this request's turn in the pace, then for room in the learned minute."""
+        if self.per_minute is not None:
+            loop = asyncio.get_running_loop()
+            async with self._turn:
+                while self.per_minute is not None:
+                    wait = self._last_send + 60.0 / self.per_minute - loop.time()
+                    if wait <= 0:
+                        break
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), wait)
+                self._last_send = loop.time()
+        return await self._window.reserve(1)
 
-    def _answered(self, now: float, limited: bool) -> float:
-        """Record an answer; the share of 429s among the answers of the last `window_s` seconds."""
-        answers = self._answers
-        answers.append((now, limited))
-        while answers and answers[0][0] < now - self._window:
-            answers.popleft()
-        if len(answers) < self._min_answers:
-            return 0.0  # too few answers to tell a quota from chance
-        return sum(1 for _, refused in answers if refused) / len(answers)
-
-    def on_rate_limited(self) -> None:
-        """A 429: cut the pace when 429s are more than a scattering (the first cut starts from the measured rate)."""
-        now = self._clock()
-        share = self._answered(now, True)
-        if now - self._last_cut < self._cooldown or share <= self._tolerance:
-            return
-        span = min(5.0, now - self._sent[0]) if self._sent else 0.0
-        measured = max(len(self._sent) / max(span, 1.0), 1.0)
-        base = self.rate if self.rate is not None else measured
-        self.rate = max(0.2, base * self._decrease)
-        self._last_cut = now
-        self._changed.set()
+    def on_rate_limited(self, reservation: Reservation) -> None:
+        """A 429: the endpoint did not count it; cut when refusals are frequent, step back when probing."""
+        self._window.settle(reservation, 0)
+        if reservation.at < self._last_cut:
+            return  # sent before the last cut, which already answered it
+        now = asyncio.get_running_loop().time()
+        self._last_refusal = now
+        self._refused += self._alpha * (1.0 - self._refused)
+        if self._refused >= self._trigger:
+            accepted = self._window.used(now)
+            if self.per_minute is None or self.per_minute >= 0.99 * self._known_good:
+                self._known_good = accepted * self._decrease  # refused at the known-good level: it was wrong
+            base = accepted if self.per_minute is None else min(self.per_minute, accepted)
+            self._last_cut, self._refused, self._last_raise = now, 0.0, None
+            self._set(max(self._floor, base * self._decrease))
+        elif self.per_minute is not None and self.per_minute > self._known_good:
+            self._set(self._known_good)
 
     def on_success(self) -> None:
-        """A success: raise the pace by about `increase_per_s` per second, or lift it after a calm spell."""
-        now = self._clock()
-        self._answered(now, False)
-        if self.rate is None:
+        """A success: raise the figure for the time since the last one (at most a second's worth)."""
+        self._refused -= self._alpha * self._refused
+        if self.per_minute is None:
             return
-        if now - self._last_cut >= self._release_after:
-            self.rate = None
-        else:
-            self.rate += self._increase / self.rate * max(1.0, self.rate / 10)
+        now = asyncio.get_running_loop().time()
+        if self._last_raise is not None:
+            step = min(now - self._last_raise, 1.0)
+            if self.per_minute < self._known_good:
+                rate = self._recover if self.per_minute < 0.9 * self._known_good else self._increase
+                self._set(min(self.per_minute * (1.0 + rate * step), self._known_good))
+            elif now - self._last_refusal >= self._window_s:  # a quiet window: what it carried is proven
+                self._known_good = max(self._known_good, self._window.used(now))
+                self._set(self.per_minute * (1.0 + self._increase * step))
+        self._last_raise = now
+
+    def _set(self, per_minute: float) -> None:
+        """Adopt a new figure for the pace and the sliding minute, and wake the waiter to re-measure."""
+        self.per_minute = per_minute
+        self._window.limit = per_minute
         self._changed.set()
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What one attempt holds from `acquire` until its answer: its places in the sliding budgets."""
+
+    tokens: Reservation | None = None
+    request: Reservation | None = None
 
 
 class Limits:
@@ -129,34 +284,30 @@ class Limits:
         rpm = spec.requests_per_minute * share if spec.requests_per_minute else None
         tpm = spec.tokens_per_minute * share if spec.tokens_per_minute else None
         self.requests = window_safe_limiter(rpm, burst_seconds=0.5) if rpm else None
-        self.tokens = window_safe_limiter(tpm, burst_seconds=10.0) if tpm else None
+        self.tokens = SlidingWindow(tpm) if tpm else None
         self.pace = AdaptivePace() if not rpm and not tpm else None
 
-    async def acquire(self, estimated_tokens: int) -> None:
-        """Wait until this request fits every budget."""
+    async def acquire(self, estimated_tokens: int) -> Ticket:
+        """Wait until this request fits every budget; the ticket is settled with the answer."""
+        ticket = Ticket()
         if self.requests is not None:
             await self.requests.acquire()
+        if self.pace is not None:
+            ticket.request = await self.pace.acquire()
         if self.tokens is not None:
-            await self.tokens.acquire(min(float(estimated_tokens), self.tokens.max_rate))
-        if self.pace is not None:
-            await self.pace.acquire()
+            ticket.tokens = await self.tokens.reserve(estimated_tokens)
+        return ticket
 
-    async def settle(self, estimated_tokens: int, actual_tokens: int) -> None:
-        """Charge the tokens a request used beyond its estimate, so the next ones wait for them."""
-        if self.tokens is None:
-            return
-        extra = float(actual_tokens - estimated_tokens)
-        while extra > 0:
-            step = min(extra, self.tokens.max_rate)
-            await self.tokens.acquire(step)
-            extra -= step
-
-    def rate_limited(self) -> None:
-        """Tell the adaptive pace about a 429."""
-        if self.pace is not None:
-            self.pace.on_rate_limited()
-
-    def succeeded(self) -> None:
-        """Tell the adaptive pace about a success."""
+    def succeeded(self, ticket: Ticket, used_tokens: int) -> None:
+        """Settle the token reservation to the real usage and tell the adaptive pace."""
+        if self.tokens is not None and ticket.tokens is not None:
+            self.tokens.settle(ticket.tokens, used_tokens)
         if self.pace is not None:
             self.pace.on_success()
+
+    def rate_limited(self, ticket: Ticket) -> None:
+        """A 429: the endpoint counted neither the request nor its tokens; tell the adaptive pace."""
+        if self.tokens is not None and ticket.tokens is not None:
+            self.tokens.settle(ticket.tokens, 0)
+        if self.pace is not None and ticket.request is not None:
+            self.pace.on_rate_limited(ticket.request)

@@ -83,6 +83,8 @@ class Renderer:
             needed.setdefault(name, "output.keep_columns")
         if self.spec.input.id_column and self.input_format == "rows":
             needed[self.spec.input.id_column] = "input.id_column"
+        if self.input_format == "openai-batch":
+            needed |= {"custom_id": "input.format", "body": "input.format"}
         return needed
 
     def check_columns(self, columns: list[str], path: str) -> None:

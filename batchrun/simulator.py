@@ -7,6 +7,7 @@ One aiohttp app serves what a batch job talks to on Google Cloud:
     POST /token                                                  OAuth2 token endpoint (JWT bearer, refresh)
     GET  /, /computeMetadata/v1/...                              GCE metadata server (GCE_METADATA_HOST)
     GET  /_sim/stats, /_sim/counts, /_sim/requests               what happened, for tests and benchmarks
+    GET  /_sim/arrivals                                          each chat request's arrival time and status
     POST /_sim/config, /_sim/reset                               change faults at runtime; zero the figures
 
 A chat request meets, in order: auth, body size, storm, quota, random faults, then the answer
@@ -28,6 +29,7 @@ import secrets
 import signal
 import threading
 import time
+from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -235,6 +237,8 @@ class Simulator:
     # per-run state, set by _reset_state
     _counts: Counter[str]
     _records: list[dict[str, Any]]
+    _arrivals: array[float]  # clock() at arrival, one per chat request: 10 bytes each with its status
+    _statuses: array[int]  # 0: the connection was dropped
     _rpm: SlidingWindow
     _tpm: SlidingWindow
     _seed: int
@@ -278,6 +282,7 @@ class Simulator:
         router.add_get("/_sim/stats", self._stats)
         router.add_get("/_sim/counts", self._counts_view)
         router.add_get("/_sim/requests", self._records_view)
+        router.add_get("/_sim/arrivals", self._arrivals_view)
         router.add_post("/_sim/config", self._set_config)
         router.add_post("/_sim/reset", self._reset)
         router.add_route("*", "/{tail:.*}", self._not_found)
@@ -293,10 +298,13 @@ class Simulator:
     async def _chat(self, request: web.Request, route: _Route) -> web.StreamResponse:
         """Serve one chat request and count it; a dropped connection gets no status."""
         self.stats.enter()
+        arrived = self.clock()
         try:
             response = await self._serve_chat(request, route)
         finally:
             self.stats.in_flight -= 1  # the current stats: a reset carries in_flight over
+        self._arrivals.append(arrived)
+        self._statuses.append(0 if response is None else response.status)
         if response is None:
             return web.Response()  # the transport is already closed; nothing reaches the client
         self.stats.answered(response.status)
@@ -520,6 +528,10 @@ class Simulator:
         """Requests per prompt text: how often each row was sent."""
         return _json(self._counts)
 
+    async def _arrivals_view(self, _: web.Request) -> web.Response:
+        """Arrival times (seconds, simulator clock) and statuses, to check a budget over any minute."""
+        return _json({"t": self._arrivals.tolist(), "status": self._statuses.tolist()})
+
     async def _records_view(self, _: web.Request) -> web.Response:
         """The recorded request bodies and paths."""
         return _json(self._records)
@@ -555,6 +567,7 @@ class Simulator:
         self.stats = SimStats(in_flight=in_flight, max_in_flight=in_flight)
         self._counts = Counter()
         self._records = []
+        self._arrivals, self._statuses = array("d"), array("H")
         self._rpm, self._tpm = SlidingWindow(), SlidingWindow()
         self._seed = self.config.seed
         self._rng = random.Random(self._seed)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -60,16 +62,23 @@ class Source:
         return "line" if self.kind == "jsonl" else "row"
 
     def _detect_format(self) -> str:
-        """`openai-batch` when the first record has custom_id and body, else `rows`."""
+        """`openai-batch` when the first record (a Parquet file's schema) has custom_id and body, else `rows`."""
+        if self.kind == "parquet":
+            names = set(self._parquet_file().schema_arrow.names)
+            return "openai-batch" if {"custom_id", "body"} <= names else "rows"
         for _, _, data, _ in self._raw_rows():
             if data is not None:
                 return "openai-batch" if {"custom_id", "body"} <= data.keys() else "rows"
         return "rows"
 
-    def batches(self, size: int = BATCH_ROWS) -> Iterator[list[Record]]:
-        """Yield records in order, `size` at a time; malformed ones carry `error` and no data."""
+    def batches(self, size: int = BATCH_ROWS, columns: Collection[str] | None = None) -> Iterator[list[Record]]:
+        """Yield records in order, `size` at a time; malformed ones carry `error` and no data.
+
+        `columns` limits what a Parquet file decodes (pyarrow reads a row group's column chunk
+        whole, so memory follows the columns read); JSONL lines are always parsed whole.
+        """
         batch: list[Record] = []
-        for record in self._records():
+        for record in self._records(columns):
             batch.append(record)
             if len(batch) >= size:
                 yield batch
@@ -77,9 +86,9 @@ class Source:
         if batch:
             yield batch
 
-    def _records(self) -> Iterator[Record]:
+    def _records(self, columns: Collection[str] | None = None) -> Iterator[Record]:
         """Records with ids, whatever the file kind."""
-        for row, line, data, error in self._raw_rows():
+        for row, line, data, error in self._raw_rows(columns):
             yield Record(row=row, line=line, id=self._id_of(row, line, data), data=data, error=error)
 
     def _id_of(self, row: int, line: int, data: dict[str, Any] | None) -> str:
@@ -97,9 +106,11 @@ class Source:
             )
         return str(value)
 
-    def _raw_rows(self) -> Iterator[tuple[int, int, dict[str, Any] | None, str | None]]:
+    def _raw_rows(
+        self, columns: Collection[str] | None = None
+    ) -> Iterator[tuple[int, int, dict[str, Any] | None, str | None]]:
         """(row, line, data, error) tuples from whichever file kind this is."""
-        return self._jsonl_rows() if self.kind == "jsonl" else self._parquet_rows()
+        return self._jsonl_rows() if self.kind == "jsonl" else self._parquet_rows(columns)
 
     def _jsonl_rows(self) -> Iterator[tuple[int, int, dict[str, Any] | None, str | None]]:
         """(row, line, data, error) per non-blank line; a broken line is reported, not fatal."""
@@ -139,12 +150,16 @@ class Source:
                 f"{self.path}: not a readable Parquet file ({exc}); was it truncated or still being written?"
             ) from None
 
-    def _parquet_rows(self) -> Iterator[tuple[int, int, dict[str, Any] | None, str | None]]:
-        """(row, row+1, data, None) per Parquet row, read a row group batch at a time."""
+    def _parquet_rows(
+        self, columns: Collection[str] | None = None
+    ) -> Iterator[tuple[int, int, dict[str, Any] | None, str | None]]:
+        """(row, row+1, data, None) per Parquet row, `BATCH_ROWS` at a time, only the `columns` asked for."""
         parquet = self._parquet_file()
+        names = parquet.schema_arrow.names
+        chosen = None if columns is None else [name for name in names if name in columns] or names[:1]
         row = 0
         try:
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=chosen):
                 for data in batch.to_pylist():
                     yield row, row + 1, data, None
                     row += 1
@@ -156,10 +171,10 @@ class Source:
 
     def summarize(self, keep_columns: list[str], owns: Callable[[str], bool] | None = None) -> InputSummary:
         """One full pass: count rows (and this shard's), reject missing or duplicate ids, learn the columns."""
-        seen: dict[str, int] = {}
+        hashes = array("q")  # 8 bytes an id: a dict of every id would not fit a million-row input in memory
         rows = owned = broken = 0
         sample: list[dict[str, Any]] = []
-        for batch in self.batches():
+        for batch in self.batches(columns=self._id_columns()):
             for record in batch:
                 rows += 1
                 if owns is None or owns(record.id):
@@ -169,15 +184,10 @@ class Source:
                     continue
                 if len(sample) < _SAMPLE_ROWS:
                     sample.append(record.data)
-                first = seen.get(record.id)
-                if first is not None:
-                    raise InputError(
-                        f"{self.path}:{self.where} {record.line}: duplicate id '{record.id}' "
-                        f"(first at {self.where} {first}); ids must be unique, check input.id_column"
-                    )
-                seen[record.id] = record.line
+                hashes.append(hash(record.id))
         if rows == 0:
             raise InputError(f"{self.path}: the input has no rows; nothing to do")
+        self._check_unique(hashes)
         columns, types = self._columns(sample, keep_columns)
         return InputSummary(
             rows=rows,
@@ -188,6 +198,31 @@ class Source:
             identity=self.identity(),
             format=self.format,
         )
+
+    def _id_columns(self) -> list[str] | None:
+        """The columns a counting pass needs: the id's alone (Parquet types come from its schema)."""
+        key = "custom_id" if self.format == "openai-batch" else self.spec.id_column
+        return [key] if key is not None and self.kind == "parquet" else None
+
+    def _check_unique(self, hashes: array[int]) -> None:
+        """Refuse duplicate ids, naming both lines; the file is read again only when two id hashes meet."""
+        values = pl.from_arrow(pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)]))
+        assert isinstance(values, pl.Series)
+        ordered = values.sort()  # a sort, not is_duplicated(): its hash tables took 100 MB at a million ids
+        suspects = set(ordered.filter(ordered == ordered.shift(1)).to_list())
+        if not suspects:
+            return
+        first: dict[str, int] = {}
+        for batch in self.batches(columns=self._id_columns()):
+            for record in batch:
+                if record.data is None or hash(record.id) not in suspects:
+                    continue
+                if record.id in first:
+                    raise InputError(
+                        f"{self.path}:{self.where} {record.line}: duplicate id '{record.id}' "
+                        f"(first at {self.where} {first[record.id]}); ids must be unique, check input.id_column"
+                    )
+                first[record.id] = record.line
 
     def _columns(
         self, sample: list[dict[str, Any]], keep_columns: list[str]

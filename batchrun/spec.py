@@ -46,6 +46,7 @@ class EndpointSpec(_Strict):
     api_version: Literal["v1", "v1beta1"] = "v1"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    transport: Literal["direct", "openai"] = "direct"  # direct: aiohttp POSTs; openai: every request via the SDK
     simulator: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

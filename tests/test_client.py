@@ -124,3 +124,26 @@ def test_dropped_connection_and_timeout_are_transient(sim: Sim) -> None:
 def test_vertex_urls(endpoint: dict[str, str], url: str) -> None:
     """Regional, global and self-deployed endpoints get Vertex's documented roots."""
     assert vertex_url(EndpointSpec(kind="vertex", **endpoint)) == url  # type: ignore[arg-type]
+
+
+def test_a_success_takes_one_attempt(sim: Sim) -> None:
+    """The common case: one request, attempts = 1, no retry machinery."""
+    answer = complete(google(sim), attempts=4)
+    assert answer.attempts == 1
+    assert sim.stats()["requests"] == 1
+
+
+def test_a_429_is_retried_after_its_hint(sim: Sim) -> None:
+    """A 429 storm shorter than the hint is waited out and the row sent again: both attempts recorded."""
+    sim.configure(storm_for_s=0.05, retry_after_s=0.1)
+    answer = complete(google(sim), attempts=4)
+    assert answer.attempts == 2
+    assert sim.stats()["by_status"] == {"429": 1, "200": 1}
+
+
+def test_one_attempt_allowed_means_no_retry(sim: Sim) -> None:
+    """max_attempts 1: a retryable failure is final at once."""
+    sim.configure(rate_429=1.0, retry_after_s=0.01)
+    with pytest.raises(RateLimitedError) as err:
+        complete(google(sim), attempts=1)
+    assert err.value.attempts == 1 and sim.stats()["requests"] == 1

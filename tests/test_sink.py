@@ -11,7 +11,7 @@ import pytest
 
 from batchrun.errors import OutputError
 from batchrun.schema import output_schema
-from batchrun.sink import Output, PartWriter
+from batchrun.sink import Output, PartWriter, SavedIds
 
 
 def row(rid: str, status: str = "ok") -> dict[str, object]:
@@ -137,3 +137,11 @@ def test_drop_errors_replaces_parts_whole(tmp_path: Path) -> None:
     assert dropped == 2
     assert sorted(read(tmp_path)["id"]) == ["1", "4"]
     assert len(list(tmp_path.glob("*.parquet"))) == 2
+
+
+def test_saved_ids_are_found_exactly() -> None:
+    """Only ids that are saved match: no prefix, neighbour or empty-set false positives."""
+    saved = SavedIds(pl.Series(["r10", "r2", "r30", "a"]))
+    assert len(saved) == 4
+    assert saved.contains(["r2", "r1", "r3", "r30", "zz", "", "a"]) == [True, False, False, True, False, False, True]
+    assert SavedIds(pl.Series([], dtype=pl.String)).contains(["r1"]) == [False]

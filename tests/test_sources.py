@@ -98,3 +98,31 @@ def test_openai_batch_format_is_detected(tmp_path: Path) -> None:
     source = Source(InputSpec(path=jsonl(tmp_path, [json.dumps(line)])))
     assert source.format == "openai-batch"
     assert [r.id for b in source.batches() for r in b] == ["req-1"]
+
+
+def test_parquet_decodes_only_the_columns_asked_for(tmp_path: Path) -> None:
+    """A run reads the columns its spec uses; the counting pass reads the id column alone."""
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["x", "y"], "text": ["a", "b"], "blob": ["big", "bigger"]}), path)
+    source = Source(InputSpec(path=str(path), id_column="id"))
+    assert [r.data for b in source.batches(columns={"id", "text"}) for r in b] == [
+        {"id": "x", "text": "a"},
+        {"id": "y", "text": "b"},
+    ]
+    assert source.summarize([]).columns == ["id", "text", "blob"]
+
+
+def test_openai_batch_parquet_is_detected_from_its_schema(tmp_path: Path) -> None:
+    """A Parquet file with custom_id and body columns is an OpenAI Batch input."""
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"custom_id": ["req-1"], "body": ['{"messages": []}']}), path)
+    source = Source(InputSpec(path=str(path)))
+    assert source.format == "openai-batch"
+    assert [r.id for b in source.batches() for r in b] == ["req-1"]
+
+
+def test_duplicate_ids_are_found_among_many(tmp_path: Path) -> None:
+    """The hashed duplicate check names both lines however far apart they are."""
+    lines = [json.dumps({"id": f"id-{i}"}) for i in range(5_000)] + [json.dumps({"id": "id-1234"})]
+    with pytest.raises(InputError, match=r"line 5001: duplicate id 'id-1234' \(first at line 1235\)"):
+        Source(InputSpec(path=jsonl(tmp_path, lines), id_column="id")).summarize([])
