@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -28,8 +29,9 @@ from batchrun.spec import LimitsSpec
 # A quota counts requests when they arrive, the budgets here when they are sent. Send-to-arrival
 # delays vary by milliseconds, so a budget that frees a slot at exactly send + 60 s lets the next
 # request arrive while the endpoint still counts the old one (measured: 18% 429s under a tight
-# tokens/min quota). Every budget therefore spans one extra second: 1.6% of throughput.
-WINDOW_S = 61.0
+# tokens/min quota). Every budget therefore spans one extra second (`_SKEW_S`): 1.6% of throughput.
+_SKEW_S = 1.0
+WINDOW_S = 60.0 + _SKEW_S
 
 
 def window_safe_limiter(per_minute: float, burst_seconds: float) -> AsyncLimiter:
@@ -80,6 +82,11 @@ class SlidingWindow:
         """Reservations in the ledger: at most one window's worth once the clock has moved on."""
         return len(self._ledger)
 
+    def oldest(self, now: float) -> float:
+        """When the oldest reservation still in the window was made (`now` when there is none)."""
+        self._expire(now)
+        return self._ledger[0].at if self._ledger else now
+
     def used(self, now: float) -> int:
         """Units charged over the window ending `now`."""
         self._expire(now)
@@ -87,6 +94,12 @@ class SlidingWindow:
 
     async def reserve(self, amount: int) -> Reservation:
         """Charge `amount` now, waiting until it fits; an amount larger than the limit waits for an empty window."""
+        reservation = await self.reserve_within(amount, None)
+        assert reservation is not None
+        return reservation
+
+    async def reserve_within(self, amount: int, wait_s: float | None) -> Reservation | None:
+        """`reserve`, giving up (None) after `wait_s` seconds without room."""
         loop = asyncio.get_running_loop()
         if not self._waiters and self._fits(amount, loop.time()):
             return self._charge(amount, loop.time())
@@ -94,7 +107,12 @@ class SlidingWindow:
         self._waiters.append((amount, future))
         self._wake()
         try:
-            return await future
+            return await (future if wait_s is None else asyncio.wait_for(future, wait_s))
+        except TimeoutError:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove((amount, future))
+            self._wake()
+            return None
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.settle(future.result(), 0)  # granted as the task was cancelled: give it back
@@ -102,6 +120,10 @@ class SlidingWindow:
                 self._waiters.remove((amount, future))
             self._wake()
             raise
+
+    def force(self, amount: int) -> Reservation:
+        """Charge `amount` at once, room or not (a probe past a limit that may be wrong)."""
+        return self._charge(amount, asyncio.get_running_loop().time())
 
     def settle(self, reservation: Reservation, actual: int) -> None:
         """Correct a reservation to what was really used: a refund frees room now, an overrun counts at its time."""
@@ -169,15 +191,20 @@ class AdaptivePace:
     minute, so the pool learns a figure. A scattering of 429s is left to the retry policy (cutting
     on each would drive the pace to nothing while the endpoint refuses the same small share at any
     speed): only when 429s are more than `trigger` of recent answers does the figure drop, to
-    `decrease` times what the endpoint accepted over the last minute. The figure is kept both as a
-    sliding minute (nothing is sent until the endpoint's own window has room, so a burst that
-    filled it is not followed by a minute of refusals) and as an even pace.
+    `decrease` times what the endpoint accepted over the last minute. It is kept as an even pace
+    and, when the refusals marked a level, also as a sliding minute.
 
-    The level the endpoint accepted when it first refused is remembered as known-good. Below it the
-    figure climbs back fast (`recover_per_s`: a storm's low pace must not outlive the storm); up to
-    it successes raise it by `increase_per_s`; beyond it only after a whole window without a 429,
-    and any 429 up there sends it back. So a fixed quota is held just under without a saw-tooth of
-    refusals, and a shared pool that frees up is used again.
+    A level: the endpoint took most of the minute's requests, then refused (a quota, or a pool that
+    filled up). That acceptance is remembered as known-good, and nothing is sent until the mirrored
+    minute has room, so a burst that filled the endpoint's window is not followed by a minute of
+    refusals; after `probe_s` of waiting one request goes anyway, and if it is accepted the
+    refusals were a passing storm and the mirror is dropped. A storm that refused nearly everything
+    marks no level: only the pace holds.
+
+    Recovery: below 90% of known-good each success raises the figure by `recover` (a storm's low
+    pace must not outlive the storm), then by `increase_per_s` a second up to known-good; beyond
+    it only after a whole window without a 429, and any 429 up there sends it back. With no level
+    known, a figure far above what the pool sends is lifted altogether.
 
     Waiters pass the pace one at a time: the first sleeps until one interval at the *current*
     figure has passed since the last send and wakes early when the figure changes, so a cut
@@ -189,34 +216,40 @@ class AdaptivePace:
         *,
         decrease: float = 0.95,
         increase_per_s: float = 0.002,
-        recover_per_s: float = 1.0,
+        recover: float = 1.0,
         trigger: float = 0.2,
         memory: int = 200,
-        floor_per_minute: float = 12.0,
+        floor_per_minute: float = 60.0,
+        probe_s: float = 5.0,
         window_s: float = WINDOW_S,
     ) -> None:
         self.per_minute: float | None = None
         self._decrease = decrease
         self._increase = increase_per_s
-        self._recover = recover_per_s
+        self._recover = recover
         self._trigger = trigger
         self._alpha = 1.0 / memory
         self._floor = floor_per_minute
+        self._probe_s = probe_s
         self._refused = 0.0  # moving average of "this answer was a 429"
         self._window = SlidingWindow(None, window_s)
         self._window_s = window_s
-        self._known_good = float("inf")  # requests/min the endpoint accepted when it last refused
-        self._last_cut = float("-inf")
-        self._last_refusal = float("-inf")
+        self._known_good = math.inf  # the level the sliding minute holds to (inf: none known)
+        self._proven = math.inf  # the highest level the endpoint accepted without refusing
+        self._refusals: deque[float] = deque()  # 429s over the last window
+        self._probe: Reservation | None = None
+        self._last_probe = -math.inf
+        self._last_cut = -math.inf
+        self._last_refusal = -math.inf
         self._last_raise: float | None = None
-        self._last_send = float("-inf")
+        self._last_send = -math.inf
         self._turn = asyncio.Lock()
         self._changed = asyncio.Event()
 
     async def acquire(self) -> Reservation:
         """Wait for this request's turn in the pace, then for room in the learned minute."""
+        loop = asyncio.get_running_loop()
         if self.per_minute is not None:
-            loop = asyncio.get_running_loop()
             async with self._turn:
                 while self.per_minute is not None:
                     wait = self._last_send + 60.0 / self.per_minute - loop.time()
@@ -226,46 +259,80 @@ class AdaptivePace:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), wait)
                 self._last_send = loop.time()
-        return await self._window.reserve(1)
+        while True:
+            reservation = await self._window.reserve_within(1, self._probe_s)
+            if reservation is not None:
+                return reservation
+            if loop.time() - self._last_probe >= self._probe_s:
+                self._last_probe = loop.time()
+                self._probe = self._window.force(1)
+                return self._probe
 
     def on_rate_limited(self, reservation: Reservation) -> None:
         """A 429: the endpoint did not count it; cut when refusals are frequent, step back when probing."""
         self._window.settle(reservation, 0)
+        now = asyncio.get_running_loop().time()
+        self._refusals.append(now)
+        while self._refusals[0] + self._window_s <= now:
+            self._refusals.popleft()
         if reservation.at < self._last_cut:
             return  # sent before the last cut, which already answered it
-        now = asyncio.get_running_loop().time()
         self._last_refusal = now
         self._refused += self._alpha * (1.0 - self._refused)
         if self._refused >= self._trigger:
             accepted = self._window.used(now)
-            if self.per_minute is None or self.per_minute >= 0.99 * self._known_good:
-                self._known_good = accepted * self._decrease  # refused at the known-good level: it was wrong
+            marks_a_level = accepted >= len(self._refusals)
+            if marks_a_level and (self.per_minute is None or self.per_minute >= 0.99 * self._known_good):
+                self._know(accepted * self._decrease)  # refused at the known-good level: it was wrong
+                self._proven = self._known_good
             base = accepted if self.per_minute is None else min(self.per_minute, accepted)
             self._last_cut, self._refused, self._last_raise = now, 0.0, None
             self._set(max(self._floor, base * self._decrease))
-        elif self.per_minute is not None and self.per_minute > self._known_good:
-            self._set(self._known_good)
+        elif self._known_good > self._proven:  # probing above the proven level was refused: step back
+            self._know(self._proven)
+            if self.per_minute is not None:
+                self._set(min(self.per_minute, self._proven))
 
-    def on_success(self) -> None:
-        """A success: raise the figure for the time since the last one (at most a second's worth)."""
+    def on_success(self, reservation: Reservation) -> None:
+        """A success: raise the figure; a probe that got through proves the minute it was sent into."""
         self._refused -= self._alpha * self._refused
+        now = asyncio.get_running_loop().time()
+        if reservation is self._probe:
+            self._probe = None
+            # The endpoint took more than the mirrored minute allowed. Near the minute's end that is
+            # only its clock being a little ahead of ours; earlier, the refusals were no level at all.
+            if now - self._window.oldest(now) < self._window_s - 2 * _SKEW_S:
+                self._know(math.inf)
+                self._proven = math.inf
         if self.per_minute is None:
             return
-        now = asyncio.get_running_loop().time()
-        if self._last_raise is not None:
+        if self._known_good == math.inf and self.per_minute > 2 * self._window.used(now) + 60:
+            self._lift()  # no level known and far above what the pool sends: the pace only holds it back
+        elif self.per_minute < 0.9 * self._known_good:
+            self._set(min(self.per_minute * (1.0 + self._recover), self._known_good))
+        elif self._last_raise is not None:
             step = min(now - self._last_raise, 1.0)
             if self.per_minute < self._known_good:
-                rate = self._recover if self.per_minute < 0.9 * self._known_good else self._increase
-                self._set(min(self.per_minute * (1.0 + rate * step), self._known_good))
+                self._set(min(self.per_minute * (1.0 + self._increase * step), self._known_good))
             elif now - self._last_refusal >= self._window_s:  # a quiet window: what it carried is proven
-                self._known_good = max(self._known_good, self._window.used(now))
-                self._set(self.per_minute * (1.0 + self._increase * step))
+                self._proven = max(min(self._proven, self._known_good), self._window.used(now))
+                self._know(self._known_good * (1.0 + self._increase * step))
+                self._set(self._known_good)
         self._last_raise = now
 
     def _set(self, per_minute: float) -> None:
-        """Adopt a new figure for the pace and the sliding minute, and wake the waiter to re-measure."""
+        """Adopt a new pace and wake the waiter to re-measure its wait."""
         self.per_minute = per_minute
-        self._window.limit = per_minute
+        self._changed.set()
+
+    def _know(self, per_minute: float) -> None:
+        """A level the endpoint showed (inf: none), which the sliding minute holds to."""
+        self._known_good = per_minute
+        self._window.limit = None if per_minute == math.inf else per_minute
+
+    def _lift(self) -> None:
+        """No pace at all, as before the first refusal (no level is known)."""
+        self.per_minute = None
         self._changed.set()
 
 
@@ -302,8 +369,8 @@ class Limits:
         """Settle the token reservation to the real usage and tell the adaptive pace."""
         if self.tokens is not None and ticket.tokens is not None:
             self.tokens.settle(ticket.tokens, used_tokens)
-        if self.pace is not None:
-            self.pace.on_success()
+        if self.pace is not None and ticket.request is not None:
+            self.pace.on_success(ticket.request)
 
     def rate_limited(self, ticket: Ticket) -> None:
         """A 429: the endpoint counted neither the request nor its tokens; tell the adaptive pace."""

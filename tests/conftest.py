@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -252,3 +253,16 @@ def gcs(gcs_server: Gcs, monkeypatch: pytest.MonkeyPatch) -> Gcs:
 
 
 __all__ = ["REPO", "Gcs", "Job", "Sim", "SimulatorConfig", "base_env", "read_output", "run_cli", "write_rows"]
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """Put the root logger and warnings back as they were (the CLI's structured logging is process-wide)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.captureWarnings(False)

@@ -135,8 +135,10 @@ def test_a_success_takes_one_attempt(sim: Sim) -> None:
 
 def test_a_429_is_retried_after_its_hint(sim: Sim) -> None:
     """A 429 storm shorter than the hint is waited out and the row sent again: both attempts recorded."""
-    sim.configure(storm_for_s=0.05, retry_after_s=0.1)
-    answer = complete(google(sim), attempts=4)
+    connection = google(sim)
+    asyncio.run(connection.tokens.token())
+    sim.configure(storm_for_s=0.2, retry_after_s=0.3)
+    answer = complete(connection, attempts=4)
     assert answer.attempts == 2
     assert sim.stats()["by_status"] == {"429": 1, "200": 1}
 

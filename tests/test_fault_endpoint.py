@@ -16,6 +16,7 @@ from batchrun.client import BACKOFF_INITIAL_S, BACKOFF_MAX_S, _wait
 from batchrun.errors import RateLimitedError
 from batchrun.limits import AdaptivePace
 from tests.faults import Step, drive, finished_table, numbered_rows, outcome, record
+from tests.virtual_time import now, run
 
 SEED = 6
 
@@ -100,28 +101,25 @@ def test_429_storm_then_recovery(sim: Any, make_job: Any, storm_s: float, retry_
 
 
 def test_pace_lifted_after_a_storm_wakes_a_waiting_request() -> None:
-    """A request queued behind a storm's floor pace (one per 5 s) goes the moment the pace lifts, not 5 s later."""
+    """A request queued behind a storm's floor pace (one a second) goes as answers come back, not at its slot."""
 
-    async def scenario() -> None:
-        now = [0.0]
-        pace = AdaptivePace(clock=lambda: now[0])
-        for _ in range(20):  # every answer a 429, second after second: the pace sinks to its floor
-            for _ in range(60):
-                pace.on_rate_limited()
-            now[0] += 1.0
-        assert pace.rate == 0.2
-        await pace.acquire()
+    async def scenario() -> float:
+        pace = AdaptivePace()
+        while pace.per_minute is None or pace.per_minute > 60:  # every answer a 429: the pace sinks to its floor
+            pace.on_rate_limited(await pace.acquire())
+        assert pace.per_minute == 60
+        sent = await pace.acquire()
         waiter = asyncio.create_task(pace.acquire())
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert not waiter.done()
-        now[0] += 10.0  # the storm is over: no 429 for 10 s, and a success arrives
-        pace.on_success()
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert pace.rate is None and waiter.done()
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # the floor holds it for a second
+        started = now()
+        for _ in range(4):  # the storm is over: answers come back
+            pace.on_success(sent)
+            await asyncio.sleep(0.01)
+        await waiter
+        return now() - started
 
-    asyncio.run(scenario())
+    assert run(scenario) < 0.2
 
 
 @pytest.mark.parametrize("attempt", [1, 3, 6])

@@ -72,7 +72,12 @@ REFUSALS = [
 
 @pytest.mark.parametrize("case", REFUSALS, ids=[c.what for c in REFUSALS])
 def test_bad_input_is_refused_with_one_clear_message(
-    sim: Any, make_job: Any, case: Refusal, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    sim: Any,
+    make_job: Any,
+    case: Refusal,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    restored_logging: None,
 ) -> None:
     """Exit 2 with one `batchrun: error:` message naming the file and line/key, no traceback, nothing sent.
 

@@ -5,25 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterator
 
 import pytest
 
 from batchrun import redact
 from batchrun.progress import log_event, structured_logging
-
-
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    """Put the root logger back as it was (structured_logging changes it for the whole process)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        logging.captureWarnings(False)
 
 
 def test_fields_are_scrubbed_like_the_message(capsys: pytest.CaptureFixture[str]) -> None:

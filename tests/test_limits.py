@@ -5,45 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import pytest
 
 from batchrun.limits import AdaptivePace, Limits, Reservation, SlidingWindow, window_safe_limiter
 from batchrun.spec import LimitsSpec
-
-T = TypeVar("T")
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock jumps straight to the next timer instead of waiting for it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._now = 0.0
-        select = self._selector.select  # type: ignore[attr-defined]
-
-        def jump(timeout: float | None = None) -> Any:
-            if timeout is not None:  # a tick at least, as a real clock moves, so float rounding cannot stall it
-                self._now += max(timeout, 1e-6)
-                timeout = 0
-            return select(timeout)
-
-        self._selector.select = jump  # type: ignore[attr-defined]
-
-    def time(self) -> float:
-        return self._now
-
-
-def run(main: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine on virtual time."""
-    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-        return runner.run(main())  # type: ignore[arg-type]
-
-
-def now() -> float:
-    return asyncio.get_running_loop().time()
+from tests.virtual_time import now, run
 
 
 def most_in_any_window(events: list[tuple[float, int]], window: float = 60.0) -> int:
@@ -198,10 +165,13 @@ def test_token_budget_refunds_a_rate_limited_request() -> None:
 class QuotaServer:
     """A fixed quota over a sliding minute, as Vertex and the simulator count it, with a little latency."""
 
-    def __init__(self, per_minute: int, *, latency_s: float = 0.05, random_429: float = 0.0) -> None:
+    def __init__(
+        self, per_minute: int, *, latency_s: float = 0.05, random_429: float = 0.0, storm: tuple[float, float] = (0, 0)
+    ) -> None:
         self.per_minute = per_minute
         self.latency_s = latency_s
         self.random_429 = random_429
+        self.storm = storm  # every request refused from storm[0] to storm[1] seconds
         self.rng = random.Random(11)
         self.admitted: list[float] = []
         self.arrivals: list[float] = []
@@ -214,7 +184,8 @@ class QuotaServer:
         self.arrivals.append(at)
         while self._window and self._window[0] + 60 <= at:
             self._window.popleft()
-        refused = len(self._window) >= self.per_minute or self.rng.random() < self.random_429
+        stormy = self.storm[0] <= at < self.storm[1]
+        refused = stormy or len(self._window) >= self.per_minute or self.rng.random() < self.random_429
         if not refused:
             self._window.append(at)
             self.admitted.append(at)
@@ -230,7 +201,7 @@ async def drive(pace: AdaptivePace, server: QuotaServer, *, seconds: float, work
         while now() < seconds:
             reservation = await pace.acquire()
             if await server.answer():
-                pace.on_success()
+                pace.on_success(reservation)
             else:
                 pace.on_rate_limited(reservation)
 
@@ -305,3 +276,18 @@ def test_the_ledger_keeps_only_the_last_window() -> None:
         return len(window)
 
     assert run(main) == 60
+
+
+@pytest.mark.parametrize("storm", [(0.0, 10.0), (30.0, 40.0)], ids=["at-start", "mid-run"])
+def test_a_storm_does_not_outlive_itself(storm: tuple[float, float]) -> None:
+    """Every request refused for 10 s (no quota otherwise): within seconds of the end the pool is back at full speed."""
+    server = QuotaServer(10**9, storm=storm)
+    pace = AdaptivePace()
+
+    async def main() -> None:
+        await drive(pace, server, seconds=storm[1] + 30, workers=16)
+
+    run(main)
+    full_speed = 16 / server.latency_s
+    after = [t for t in server.admitted if storm[1] + 5 <= t < storm[1] + 30]
+    assert len(after) / 25 >= 0.9 * full_speed

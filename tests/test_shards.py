@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from batchrun.errors import SpecError
-from batchrun.limits import Limits
+from batchrun.limits import WINDOW_S, Limits
 from batchrun.shards import Shard, parse_shard, shard_of_part, task_attempt
 from batchrun.spec import LimitsSpec
 from tests.conftest import Job, Sim
@@ -70,9 +70,9 @@ def test_each_task_takes_its_share_of_the_job_budget() -> None:
     for share, expected_rpm, expected_tpm in ((1.0, 600, 400_000), (0.25, 150, 100_000)):
         limits = Limits(spec, share=share)
         assert limits.requests is not None and limits.tokens is not None
-        for bucket, expected in ((limits.requests, expected_rpm), (limits.tokens, expected_tpm)):
-            leak_per_s = bucket.max_rate / bucket.time_period
-            assert bucket.max_rate + 60 * leak_per_s == pytest.approx(expected)
+        leak_per_s = limits.requests.max_rate / limits.requests.time_period
+        assert limits.requests.max_rate + WINDOW_S * leak_per_s == pytest.approx(expected_rpm)
+        assert limits.tokens.limit == pytest.approx(expected_tpm)
 
 
 def test_three_local_task_processes_one_killed_and_retried_give_one_row_per_id(make_job: Any, sim: Sim) -> None:

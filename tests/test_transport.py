@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import pytest
-from tests.conftest import Sim
 
 from batchrun.errors import (
     AuthExpiredError,
@@ -17,6 +16,7 @@ from batchrun.errors import (
     RetryableError,
 )
 from batchrun.transport import Transport
+from tests.conftest import Sim
 
 BODY = {"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "content": "Say hi"}]}
 
