@@ -8,6 +8,7 @@ then saves every finished row.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 from dataclasses import dataclass, field
@@ -157,9 +158,13 @@ class Runner:
                                 direct=self.spec.endpoint.transport == "direct")
             writer.start()
             reporter.start()
+            # Everything alive now (modules, the spec, the saved ids) lives as long as the run: frozen, it
+            # is not walked by each full garbage collection while thousands of requests are in flight.
+            gc.freeze()
             try:
                 limited = await self._pool(client, writer, done)
             finally:
+                gc.unfreeze()
                 self._release_held(writer)
                 await writer.close()
                 await reporter.stop("finished" if self._stop_reason is None else "stopped")
@@ -218,7 +223,7 @@ class Runner:
     async def _pool(self, client: ChatClient, writer: PartWriter, done: SavedIds) -> bool:
         """Feed the workers and wait for them; returns True when --limit cut the run short."""
         concurrency = self.spec.limits.concurrency
-        queue: asyncio.Queue[tuple[Record, dict[str, Any]] | None] = asyncio.Queue(maxsize=concurrency * 2)
+        queue: asyncio.Queue[tuple[Record, dict[str, Any]] | None] = asyncio.Queue(maxsize=min(concurrency * 2, 256))
         workers = [asyncio.create_task(self._worker(queue, client, writer)) for _ in range(concurrency)]
         producer = asyncio.create_task(self._produce(queue, writer, done))
         stop_wait = asyncio.create_task(self._stopping.wait())
