@@ -14,7 +14,6 @@ import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 
 from batchrun.errors import InputError, RequestError, SpecError, StoppedError
@@ -128,10 +127,7 @@ class Runner:
         if options.retry_errors:
             dropped = output.drop_errors(options.shard.owns)
             reporter.note("INFO", f"--retry-errors: {dropped} error rows will be sent again")
-        saved = output.done_ids()
-        if options.shard.count > 1 and len(saved):
-            saved = saved.filter(saved.map_elements(options.shard.owns, return_dtype=pl.Boolean))
-        done = SavedIds(saved)
+        done = SavedIds(options.shard.owned(output.done_ids()))
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
@@ -191,10 +187,7 @@ class Runner:
 
     def _verify_complete(self) -> None:
         """Read back which ids are saved: exit 0 only when every row of this shard is on disk."""
-        saved = self.output.done_ids()
-        owns = self.options.shard.owns
-        count = sum(1 for rid in saved.to_list() if owns(rid))
-        missing = self.prepared.summary.owned - count
+        missing = self.prepared.summary.owned - self.output.count_ids(self.options.shard.owned)
         if missing > 0:
             raise StoppedError(
                 f"{missing} rows of this run have no saved result in {self.output.path}; "

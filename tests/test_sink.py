@@ -145,3 +145,24 @@ def test_saved_ids_are_found_exactly() -> None:
     assert len(saved) == 4
     assert saved.contains(["r2", "r1", "r3", "r30", "zz", "", "a"]) == [True, False, False, True, False, False, True]
     assert SavedIds(pl.Series([], dtype=pl.String)).contains(["r1"]) == [False]
+
+
+def test_done_ids_come_sorted_and_counted_part_by_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids from many parts, read a few parts at a time, come back complete and sorted; count_ids filters per part."""
+    import batchrun.sink
+
+    monkeypatch.setattr(batchrun.sink, "_ID_BATCH", 2)  # five parts make three batches to merge
+
+    async def write(ids: list[str]) -> None:
+        writer = PartWriter(Output(str(tmp_path), "0000of0001"), output_schema([]), flush_rows=1000, flush_seconds=60)
+        for rid in ids:
+            writer.add(row(rid))
+        await writer.close()
+
+    ids = [f"r{i}" for i in range(50)]
+    for part in range(5):
+        asyncio.run(write(ids[part::5]))
+    output = Output(str(tmp_path), "0000of0001")
+    assert output.done_ids().to_list() == sorted(ids)
+    assert output.count_ids(lambda part: part.filter(part.str.ends_with("7"))) == 5
+    assert Output(str(tmp_path / "empty"), "0000of0001").done_ids().to_list() == []
