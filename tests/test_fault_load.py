@@ -9,6 +9,7 @@ several-minute case (`-m slow`) is the one whose lag and memory bounds are asser
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import resource
 import subprocess
@@ -35,10 +36,23 @@ TICK_S = 0.01
 
 @dataclass
 class LoopWatch:
-    """How late the loop wakes a 10 ms ticker (its lag), and this process's memory, sampled each second."""
+    """How late the loop wakes a 10 ms ticker (its lag), this process's memory each second, and each GC pause."""
 
     lags: list[float] = field(default_factory=list)
     rss: list[tuple[float, int]] = field(default_factory=list)
+    gc_pauses: list[tuple[int, float]] = field(default_factory=list)
+    _gc_started: float = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """A gc.callbacks hook: the length of each collection, by generation (a pause the loop cannot avoid)."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_started))
+
+    def gc_max_ms(self, generation: int) -> float:
+        """The longest collection of one generation, in milliseconds."""
+        return round(1000 * max((s for g, s in self.gc_pauses if g == generation), default=0.0), 1)
 
     async def run(self) -> None:
         """Tick until cancelled."""
@@ -131,9 +145,11 @@ def test_2000_in_flight_keeps_the_loop_responsive_and_memory_flat(
 
     async def run() -> int:
         ticker = asyncio.create_task(watch.run())
+        gc.callbacks.append(watch.on_gc)
         try:
             return await Runner(prepare(spec), RunOptions(log_interval_s=30)).run()
         finally:
+            gc.callbacks.remove(watch.on_gc)
             ticker.cancel()
 
     started = time.monotonic()
@@ -148,6 +164,8 @@ def test_2000_in_flight_keeps_the_loop_responsive_and_memory_flat(
         "rows": rows, "latency_s": latency_s, "in_flight_max": stats["max_in_flight"], "run_s": round(elapsed, 1),
         "lag_max_ms": watch.lag_ms(1.0), "lag_p99_ms": watch.lag_ms(0.99), "lag_p50_ms": watch.lag_ms(0.5),
         "rss_early_mib": early_mib, "rss_late_mib": late_mib, "requests": stats["requests"],
+        "gc_full": sum(1 for g, _ in watch.gc_pauses if g == 2), "gc_full_max_ms": watch.gc_max_ms(2),
+        "gc_young_max_ms": max(watch.gc_max_ms(0), watch.gc_max_ms(1)),
     }
     record(f"load: {IN_FLIGHT} in flight, answers after {latency_s:g}-{latency_s * 1.5:g} s, {rows} rows", **figures)
     if bounded:  # the several-minute run on demand: its bounds are the acceptance criteria
