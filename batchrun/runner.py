@@ -165,9 +165,9 @@ class Runner:
                 await writer.close()
                 await reporter.stop("finished" if self._stop_reason is None else "stopped")
                 await client.close()
-        return self._exit_code(writer, limited)
+        return await self._exit_code(writer, limited)
 
-    def _exit_code(self, writer: PartWriter, limited: bool) -> int:
+    async def _exit_code(self, writer: PartWriter, limited: bool) -> int:
         """0 when every row has a final result (or --limit was reached), else raise the reason to stop."""
         if writer.failure is not None:
             raise writer.failure
@@ -182,7 +182,7 @@ class Runner:
                 "INFO", f"--limit reached: {writer.rows_written} rows saved; run again without --limit to finish"
             )
             return 0
-        self._verify_complete()
+        await asyncio.to_thread(self._verify_complete)  # reads every part: off the loop
         return 0
 
     def _verify_complete(self) -> None:
