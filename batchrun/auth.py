@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -51,6 +52,20 @@ class StaticKey:
         """A static key cannot be refreshed; the 401 becomes a final error."""
 
 
+def _unusable_credentials(exc: Exception) -> str:
+    """Why Application Default Credentials gave nothing, naming the key file when it is the culprit."""
+    detail = redact.redact(str(exc))
+    key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if key_file and not os.path.exists(key_file):
+        return (f"GOOGLE_APPLICATION_CREDENTIALS names {key_file}, which does not exist; "
+                "point it at a service-account key file, or unset it to use gcloud or the metadata server")
+    if key_file:
+        return (f"the Google credentials file {key_file} (from GOOGLE_APPLICATION_CREDENTIALS) cannot be used: "
+                f"{detail}; create a new key for the service account and point GOOGLE_APPLICATION_CREDENTIALS at it")
+    return ("no Google credentials found: run `gcloud auth application-default login`, set "
+            f"GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run on GCE/Cloud Run ({detail})")
+
+
 class GoogleTokens:
     """Google credentials with one refresh in flight at a time, ahead of expiry and again on 401.
 
@@ -75,11 +90,7 @@ class GoogleTokens:
         try:
             credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
         except google.auth.exceptions.DefaultCredentialsError as exc:
-            raise StoppedError(
-                "no Google credentials found: run `gcloud auth application-default login`, set "
-                "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run on GCE/Cloud Run "
-                f"({redact.redact(str(exc))})"
-            ) from None
+            raise StoppedError(_unusable_credentials(exc)) from None
         return cls(credentials)
 
     async def token(self) -> str:

@@ -123,3 +123,22 @@ def test_adc_from_key_file(sim: Sim, key_file: Path, monkeypatch: pytest.MonkeyP
 
     assert asyncio.run(main()).startswith("ya29.")
     assert json.loads(key_file.read_text())["token_uri"].startswith(sim.url)
+
+
+def test_a_missing_or_damaged_key_file_is_named_with_the_fix(
+    key_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key file that is not there, or not a key, is named in the message, with what to do about it."""
+    missing = tmp_path / "nowhere.json"
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(missing))
+    with pytest.raises(StoppedError, match=f"names {missing}, which does not exist"):
+        GoogleTokens.from_environment()
+    info = json.loads(key_file.read_text())
+    info["private_key"] = info["private_key"].replace("A", "B")
+    key_file.write_text(json.dumps(info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    with pytest.raises(StoppedError) as stopped:
+        GoogleTokens.from_environment()
+    message = str(stopped.value)
+    assert f"credentials file {key_file}" in message and "create a new key" in message
+    assert info["private_key"].splitlines()[1] not in message

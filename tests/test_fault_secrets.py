@@ -121,6 +121,7 @@ def test_broken_key_file_shows_no_key_material(sim: Any, make_job: Any, key_file
     result = job.run("run")
     assert result.returncode in (2, 3), result.stderr
     assert "Traceback" not in result.stderr
+    assert f"credentials file {key_file}" in _error_line(result.stderr), "the message names the damaged file"
     assert not _leaks(_everything(job, result.stdout, result.stderr), _key_material(key_file))
     record("secrets: damaged service-account key file", exit_code=result.returncode, leaks=0,
            message=_error_line(result.stderr))
