@@ -125,8 +125,12 @@ class Runner:
         output.prepare(self.spec.fingerprint(), self.prepared.summary.identity, force=options.force)
         reporter = self.reporter
         if options.retry_errors:
-            dropped = output.drop_errors(options.shard.owns)
+            dropped, left = output.drop_errors(options.shard)
             reporter.note("INFO", f"--retry-errors: {dropped} error rows will be sent again")
+            if left:
+                reporter.note("WARNING", f"--retry-errors: {left} error rows of this shard are in parts written by a "
+                              f"job with another task count and stay; run --retry-errors as one task (no --shard, "
+                              "no CLOUD_RUN_TASK_COUNT) to send them again")
         done = SavedIds(options.shard.owned(output.done_ids()))
         counters = self.counters
         counters.total = self.prepared.summary.owned

@@ -26,6 +26,7 @@ from batchrun import storage
 from batchrun.errors import OutputError
 from batchrun.results import Row
 from batchrun.schema import output_schema
+from batchrun.shards import Shard, shard_of_part
 
 META_DIR = "_batchrun"
 PART_SUFFIX = ".parquet"
@@ -137,16 +138,26 @@ class Output:
         with ThreadPoolExecutor(max_workers=_READERS) as pool:
             return sum(pool.map(lambda part: len(keep(_ids(part))), self.parts()))
 
-    def drop_errors(self, in_shard: Any) -> int:
-        """Remove this shard's `error` rows so --retry-errors sends them again; each part is replaced whole."""
-        dropped = 0
+    def drop_errors(self, shard: Shard) -> tuple[int, int]:
+        """Remove the `error` rows this run owns so --retry-errors sends them again; each part is replaced whole.
+
+        Returns (dropped, left). A single task owns every row and rewrites any part. One of N tasks
+        rewrites only the parts named for it: a part written under another task count holds rows of
+        the tasks running beside it, and two tasks rewriting one part would undo each other's work.
+        The error rows it owns in such parts are counted as left.
+        """
+        dropped = left = 0
         for part in self.parts():
-            if f"part-{self.shard_tag}-" not in os.path.basename(part):
+            if shard.count > 1 and f"part-{self.shard_tag}-" not in os.path.basename(part):
+                named = shard_of_part(os.path.basename(part))
+                if named is None or named.count != shard.count:
+                    frame = _frame(storage.read_parquet(part, ["id", "status"])).filter(pl.col("status") == "error")
+                    left += len(shard.owned(frame.get_column("id")))
                 continue
             table = storage.read_parquet(part)
             frame = _frame(table)
             mask = (frame.get_column("status") == "error") & frame.get_column("id").map_elements(
-                in_shard, return_dtype=pl.Boolean
+                shard.owns, return_dtype=pl.Boolean
             )
             count = int(mask.sum())
             if count == 0:
@@ -157,7 +168,7 @@ class Output:
             else:
                 storage.write_once(part, _encode(kept))
             dropped += count
-        return dropped
+        return dropped, left
 
 
 def _ids(part: str) -> pl.Series:

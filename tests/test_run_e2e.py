@@ -181,6 +181,22 @@ def test_retry_errors_replaces_error_rows(sim: Sim, make_job: object) -> None:
     assert_one_ok_row_per_id(job.table(), 10)
 
 
+def test_retry_errors_after_a_sharded_job(sim: Sim, make_job: object) -> None:
+    """Error rows of a 2-task job: one of 3 tasks leaves them (and says how to retry), one task replaces them all."""
+    sim.configure(rate_500=1.0)
+    job: Job = make_job(n=12, retry={"max_attempts": 1, "timeout_s": 5})  # type: ignore[operator]
+    for index in (0, 1):
+        assert job.run("run", "--shard", f"{index}/2").returncode == 0
+    assert set(job.table()["status"]) == {"error"} and job.table().height == 12
+    sim.configure(rate_500=0.0)
+    other_count = job.run("run", "--shard", "0/3", "--retry-errors")
+    assert other_count.returncode == 0
+    assert "run --retry-errors as one task" in other_count.stderr
+    assert set(job.table()["status"]) == {"error"}
+    assert job.run("run", "--retry-errors").returncode == 0
+    assert_one_ok_row_per_id(job.table(), 12)
+
+
 def test_final_errors_are_not_retried(sim: Sim, make_job: object) -> None:
     """A 400 (request too large) is final after one attempt; other rows are unaffected."""
     sim.configure(max_body_bytes=2000)

@@ -11,6 +11,7 @@ import pytest
 
 from batchrun.errors import OutputError
 from batchrun.schema import output_schema
+from batchrun.shards import Shard, owner
 from batchrun.sink import Output, PartWriter, SavedIds
 
 
@@ -121,22 +122,37 @@ def test_temp_files_of_this_shard_are_cleaned(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.glob("*.tmp")] == ["part-0001of0002-x-00001.parquet.456.tmp"]
 
 
-def test_drop_errors_replaces_parts_whole(tmp_path: Path) -> None:
-    """--retry-errors removes this shard's error rows; ok rows and other shards' rows stay."""
+def _write_part(directory: Path, tag: str, rows: list[dict[str, object]]) -> None:
+    """Commit `rows` as one part named for `tag`."""
 
-    async def write(tag: str, rows: list[dict[str, object]]) -> None:
-        writer = PartWriter(Output(str(tmp_path), tag), output_schema([]), flush_rows=1000, flush_seconds=60)
+    async def write() -> None:
+        writer = PartWriter(Output(str(directory), tag), output_schema([]), flush_rows=1000, flush_seconds=60)
         for r in rows:
             writer.add(r)
         await writer.close()
 
-    asyncio.run(write("a", [row("1"), row("2", "error")]))
-    asyncio.run(write("a", [row("3", "error")]))
-    asyncio.run(write("b", [row("4", "error")]))
-    dropped = Output(str(tmp_path), "a").drop_errors(lambda rid: True)
-    assert dropped == 2
-    assert sorted(read(tmp_path)["id"]) == ["1", "4"]
+    asyncio.run(write())
+
+
+def test_drop_errors_as_one_task_replaces_every_part_whole(tmp_path: Path) -> None:
+    """A single task owns every row: error rows go from every part, also parts an N-task job wrote."""
+    _write_part(tmp_path, "0000of0001", [row("1"), row("2", "error")])
+    _write_part(tmp_path, "0000of0001", [row("3", "error")])
+    _write_part(tmp_path, "0001of0004", [row("4", "error"), row("5")])
+    assert Output(str(tmp_path), "0000of0001").drop_errors(Shard()) == (3, 0)
+    assert sorted(read(tmp_path)["id"]) == ["1", "5"]
     assert len(list(tmp_path.glob("*.parquet"))) == 2
+
+
+def test_drop_errors_as_one_of_n_tasks_rewrites_only_its_own_parts(tmp_path: Path) -> None:
+    """Task 0 of 2 rewrites its own parts; its error rows in a part of another task count stay and are counted."""
+    mine = [f"m{i}" for i in range(40) if owner(f"m{i}", 2) == 0][:3]
+    theirs = [f"t{i}" for i in range(40) if owner(f"t{i}", 2) == 1][:2]
+    _write_part(tmp_path, "0000of0002", [row(mine[0], "error"), row(mine[1])])
+    _write_part(tmp_path, "0001of0002", [row(theirs[0], "error")])
+    _write_part(tmp_path, "0000of0001", [row(mine[2], "error"), row(theirs[1], "error")])
+    assert Output(str(tmp_path), "0000of0002").drop_errors(Shard(0, 2)) == (1, 1)
+    assert sorted(read(tmp_path)["id"]) == sorted([mine[1], theirs[0], mine[2], theirs[1]])
 
 
 def test_saved_ids_are_found_exactly() -> None:
