@@ -30,6 +30,10 @@ from batchrun.spec import JobSpec
 if TYPE_CHECKING:
     from batchrun.client import ChatClient
 
+# What the producer hands the workers: a row with its request body, or with None when the worker renders it
+# (media files to read, in a thread); None alone tells a worker to stop.
+RowQueue = asyncio.Queue[tuple[Record, dict[str, Any] | None] | None]
+
 _FATAL_STATUSES = {401, 403, 404}
 _FATAL_AFTER = 10
 
@@ -220,7 +224,7 @@ class Runner:
     async def _pool(self, client: ChatClient, writer: PartWriter, done: SavedIds) -> bool:
         """Feed the workers and wait for them; returns True when --limit cut the run short."""
         concurrency = self.spec.limits.concurrency
-        queue: asyncio.Queue[tuple[Record, dict[str, Any]] | None] = asyncio.Queue(maxsize=min(concurrency * 2, 256))
+        queue: RowQueue = asyncio.Queue(maxsize=min(concurrency * 2, 256))
         workers = [asyncio.create_task(self._worker(queue, client, writer)) for _ in range(concurrency)]
         producer = asyncio.create_task(self._produce(queue, writer, done))
         stop_wait = asyncio.create_task(self._stopping.wait())
@@ -250,7 +254,7 @@ class Runner:
         return limited
 
     async def _produce(
-        self, queue: asyncio.Queue[tuple[Record, dict[str, Any]] | None], writer: PartWriter, done: SavedIds
+        self, queue: RowQueue, writer: PartWriter, done: SavedIds
     ) -> bool:
         """Stream pending rows of this shard into the queue; rows that cannot render become input errors."""
         owns = self.options.shard.owns
@@ -268,18 +272,20 @@ class Runner:
                 if record.data is None:
                     self._finish(writer, input_error(record.id, record.error or "unreadable row"))
                     continue
+                if self.spec.request.media:  # files to read: the workers render, in threads, side by side
+                    await queue.put((record, None))
+                    continue
                 try:
                     body = self.prepared.renderer.render(record)
                 except RowInputError as exc:
-                    where = f"{self.prepared.source.path}:{self.prepared.source.where} {record.line}"
-                    self._finish(writer, input_error(record.id, f"{where}: {exc}"))
+                    self._finish(writer, self._unrenderable(record, exc))
                     continue
                 await queue.put((record, body))
                 await asyncio.sleep(0)  # one woken worker at a time: 2,000 starting at once would stall the loop
         return False
 
     async def _worker(
-        self, queue: asyncio.Queue[tuple[Record, dict[str, Any]] | None], client: ChatClient, writer: PartWriter
+        self, queue: RowQueue, client: ChatClient, writer: PartWriter
     ) -> None:
         """Take rows until told to stop; each becomes exactly one row for the writer."""
         while not self._stopping.is_set():
@@ -287,8 +293,19 @@ class Runner:
             if item is None or self._stopping.is_set():
                 return
             record, body = item
+            if body is None:
+                try:
+                    body = await asyncio.to_thread(self.prepared.renderer.render, record)
+                except RowInputError as exc:
+                    self._finish(writer, self._unrenderable(record, exc))
+                    continue
             row = await self._send(client, record, body)
             self._finish(writer, row, record)
+
+    def _unrenderable(self, record: Record, exc: RowInputError) -> Row:
+        """The input error row of a row that renders into no request, naming its file and line."""
+        where = f"{self.prepared.source.path}:{self.prepared.source.where} {record.line}"
+        return input_error(record.id, f"{where}: {exc}")
 
     async def _send(self, client: ChatClient, record: Record, body: dict[str, Any]) -> Row:
         """One row's request, retried by the client, as an ok or error row."""
@@ -359,7 +376,7 @@ class Runner:
             writer.add(row)
 
 
-async def _close(queue: asyncio.Queue[tuple[Record, dict[str, Any]] | None], workers: int) -> None:
+async def _close(queue: RowQueue, workers: int) -> None:
     """One end-of-work marker per worker, queued behind the last rows."""
     for _ in range(workers):
         await queue.put(None)
