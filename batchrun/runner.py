@@ -125,6 +125,11 @@ class Runner:
 
     async def run(self) -> int:
         """Run to completion or to a stop; returns the exit code."""
+        with self.output.lock():
+            return await self._run()
+
+    async def _run(self) -> int:
+        """The run itself, with this shard of the output held."""
         output, options = self.output, self.options
         output.prepare(self.spec.fingerprint(), self.prepared.summary.identity, force=options.force)
         reporter = self.reporter

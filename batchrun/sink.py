@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import fcntl
 import io
 import json
 import os
@@ -45,6 +46,36 @@ class Output:
     def meta_path(self) -> str:
         """Where the job fingerprint lives (not a .parquet file, so scans skip it)."""
         return storage.join(self.path, META_DIR, "job.json")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this shard of a local output for one run: a second run beside it would clean its temporary
+        files and send its rows again. An flock, so the kernel drops it when the holder dies (SIGKILL too);
+        object stores have none, and there Cloud Run runs each task index once at a time."""
+        if storage.is_remote(self.path):
+            yield
+            return
+        path = os.path.join(self.path, META_DIR, f"lock-{self.shard_tag}")
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            # Read-only, so a held lock never keeps the file system from being remounted or unmounted.
+            descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            yield  # an unwritable output: prepare() stops the run with the reason
+            return
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutputError(
+                    f"{self.path}: another `batchrun run` is writing this shard ({self.shard_tag}) right now; "
+                    "wait for it to finish, or stop it, then run again"
+                ) from None
+            except OSError:
+                pass  # a file system without locks (some FUSE mounts): run unguarded, as on an object store
+            yield
+        finally:
+            os.close(descriptor)
 
     def prepare(self, fingerprint: str, identity: dict[str, Any], *, force: bool) -> None:
         """Create the directory, refuse one written by another spec or input, and clean crash leftovers."""

@@ -139,6 +139,26 @@ def test_sigterm_saves_finished_rows_and_exits_3(sim: Sim, make_job: object) -> 
     assert_one_ok_row_per_id(job.table(), 2000)
 
 
+def test_a_second_run_beside_the_first_is_refused_until_it_dies(sim: Sim, make_job: object) -> None:
+    """Two runs of one shard on one output would clean each other's files and send rows twice: the second is
+    refused (exit 2) while the first runs, and the lock dies with it, SIGKILL included."""
+    sim.configure(latency_s=0.05)
+    job: Job = make_job(n=600, limits={"concurrency": 4})  # type: ignore[operator]
+    first = job.popen("run")
+    while sim.stats()["requests"] < 20:
+        assert first.poll() is None
+        time.sleep(0.05)
+    second = job.run("run")
+    assert second.returncode == 2
+    assert "another `batchrun run` is writing this shard (0000of0001) right now" in second.stderr
+    assert "Traceback" not in second.stderr
+    first.kill()
+    first.communicate(timeout=15)
+    sim.configure(latency_s=0.0)
+    assert job.run("run").returncode == 0
+    assert_one_ok_row_per_id(job.table(), 600)
+
+
 def test_configured_rpm_is_achieved_without_429s(sim: Sim, make_job: object) -> None:
     """A configured requests_per_minute against a server enforcing the same quota: >= 90% of it, < 1% 429s."""
     rpm, rows = 3000, 500
