@@ -264,6 +264,7 @@ class Runner:
         """Stream pending rows of this shard into the queue; rows that cannot render become input errors."""
         owns = self.options.shard.owns
         limit = self.options.limit
+        render_here = not self.spec.request.media  # media files are read by the workers, in threads, side by side
         sent = 0
         columns = self.prepared.renderer.columns_needed()
         for batch in self.prepared.source.batches(columns=columns):
@@ -277,14 +278,13 @@ class Runner:
                 if record.data is None:
                     self._finish(writer, input_error(record.id, record.error or "unreadable row"))
                     continue
-                if self.spec.request.media:  # files to read: the workers render, in threads, side by side
-                    await queue.put((record, None))
-                    continue
-                try:
-                    body = self.prepared.renderer.render(record)
-                except RowInputError as exc:
-                    self._finish(writer, self._unrenderable(record, exc))
-                    continue
+                body = None
+                if render_here:
+                    try:
+                        body = self.prepared.renderer.render(record)
+                    except RowInputError as exc:
+                        self._finish(writer, self._unrenderable(record, exc))
+                        continue
                 await queue.put((record, body))
                 await asyncio.sleep(0)  # one woken worker at a time: 2,000 starting at once would stall the loop
         return False
