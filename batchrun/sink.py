@@ -179,8 +179,8 @@ class Output:
         """
         dropped = left = 0
         for part in self.parts():
-            if shard.count > 1 and f"part-{self.shard_tag}-" not in os.path.basename(part):
-                named = shard_of_part(os.path.basename(part))
+            named = shard_of_part(os.path.basename(part))
+            if shard.count > 1 and named != shard:
                 if named is None or named.count != shard.count:
                     frame = _frame(storage.read_parquet(part, ["id", "status"])).filter(pl.col("status") == "error")
                     left += len(shard.owned(frame.get_column("id")))
