@@ -8,7 +8,6 @@ then saves every finished row.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import signal
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from batchrun.collector import PacedCollector
 from batchrun.errors import InputError, RequestError, SpecError, StoppedError
 from batchrun.limits import Limits
 from batchrun.progress import Counters, Reporter
@@ -167,17 +167,14 @@ class Runner:
                                 direct=self.spec.endpoint.transport == "direct")
             writer.start()
             reporter.start()
-            # Everything alive now (modules, the spec, the saved ids) lives as long as the run: frozen, it
-            # is not walked by each full garbage collection while thousands of requests are in flight.
-            gc.freeze()
-            try:
-                limited = await self._pool(client, writer, done)
-            finally:
-                gc.unfreeze()
-                self._release_held(writer)
-                await writer.close()
-                await reporter.stop("finished" if self._stop_reason is None else "stopped")
-                await client.close()
+            with PacedCollector():
+                try:
+                    limited = await self._pool(client, writer, done)
+                finally:
+                    self._release_held(writer)
+                    await writer.close()
+                    await reporter.stop("finished" if self._stop_reason is None else "stopped")
+                    await client.close()
         return await self._exit_code(writer, limited)
 
     async def _exit_code(self, writer: PartWriter, limited: bool) -> int:
