@@ -68,6 +68,14 @@ class ChatClient:
         """Close the HTTP connections."""
         await self._transport.close()
 
+    async def first_token(self) -> None:
+        """Get a token before any worker needs one: 2,000 workers woken by the first at once stall the loop."""
+        await self._connection.tokens.token()
+
+    def wind_down(self) -> None:
+        """No rows are left to send: close each connection as its last request ends."""
+        self._transport.wind_down()
+
     async def complete(self, body: dict[str, Any], estimate: int, check: Check | None = None) -> Answer:
         """The answer for `body`; raises the last RequestError when retries are spent or it is final."""
         retryable: tuple[type[BaseException], ...] = (RetryableError, AuthExpiredError)

@@ -228,7 +228,7 @@ class Runner:
         concurrency = self.spec.limits.concurrency
         queue: RowQueue = asyncio.Queue(maxsize=min(concurrency * 2, 256))
         workers = [asyncio.create_task(self._worker(queue, client, writer)) for _ in range(concurrency)]
-        producer = asyncio.create_task(self._produce(queue, writer, done))
+        producer = asyncio.create_task(self._produce(queue, writer, done, client))
         stop_wait = asyncio.create_task(self._stopping.wait())
         closer: asyncio.Task[None] | None = None
         limited = False
@@ -256,9 +256,10 @@ class Runner:
         return limited
 
     async def _produce(
-        self, queue: RowQueue, writer: PartWriter, done: SavedIds
+        self, queue: RowQueue, writer: PartWriter, done: SavedIds, client: ChatClient
     ) -> bool:
         """Stream pending rows of this shard into the queue; rows that cannot render become input errors."""
+        await client.first_token()
         owns = self.options.shard.owns
         limit = self.options.limit
         render_here = not self.spec.request.media  # media files are read by the workers, in threads, side by side
@@ -292,7 +293,10 @@ class Runner:
         """Take rows until told to stop; each becomes exactly one row for the writer."""
         while not self._stopping.is_set():
             item = await queue.get()
-            if item is None or self._stopping.is_set():
+            if item is None:
+                client.wind_down()
+                return
+            if self._stopping.is_set():
                 return
             record, body = item
             if body is None:

@@ -59,6 +59,12 @@ class Transport:
         if self._client is not None:
             await self._client.close()
 
+    def wind_down(self) -> None:
+        """Ask for `Connection: close` from now on, so each connection closes with its answer instead of
+        all 2,000 at once in `close`, which stalls the event loop for tens of milliseconds."""
+        self._headers["Connection"] = "close"
+        self._auth = ("", CIMultiDict())
+
     async def send(self, body: dict[str, Any], token: str) -> dict[str, Any]:
         """One non-streamed request."""
         if not self._direct:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from typing import Any
 
+import psutil
 import pytest
 
 from batchrun.errors import (
@@ -121,3 +123,27 @@ def test_a_hang_times_out_as_retryable(sim: Sim, direct: bool) -> None:
     error = failure(sim, direct, timeout_s=0.3)
     assert type(error) is RetryableError
     assert "timed out" in error.message
+
+
+def test_after_wind_down_each_connection_closes_with_its_answer(sim: Sim) -> None:
+    """Connections are kept alive while rows remain; once none do, each closes as its answer is read,
+    so the pool's end does not close thousands of them at once."""
+    port = urllib.parse.urlsplit(sim.url).port
+
+    def open_to_simulator() -> int:
+        return sum(1 for c in psutil.Process().net_connections("tcp")
+                   if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+    async def main() -> tuple[int, int]:
+        transport = Transport(f"{sim.url}/v1", timeout_s=10, concurrency=4)
+        try:
+            await transport.send(BODY, "key")
+            kept = open_to_simulator()
+            transport.wind_down()
+            await transport.send(BODY, "key")
+            await asyncio.sleep(0.1)  # the socket closes on the loop's next turn
+            return kept, open_to_simulator()
+        finally:
+            await transport.close()
+
+    assert asyncio.run(main()) == (1, 0)
