@@ -22,29 +22,39 @@ FULL_AFTER_GROWTH = 64 << 20  # bytes the resident memory may grow by before a f
 
 
 class PacedCollector:
-    """Owns the garbage collector inside its `with` block: everything older is frozen, the rest is paced."""
+    """Owns the garbage collector inside its `with` block: everything older is frozen, the rest is paced.
+
+    Runs that overlap in one process (jobs run side by side from Python) share it: the first to
+    enter takes it over and the last to leave hands it back.
+    """
+
+    _holders = 0
+    _was_enabled = True
 
     def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
-        self._was_enabled = True
         self.full_collections = 0
 
     def __enter__(self) -> PacedCollector:
         """Freeze what lives as long as the run (modules, the spec, the saved ids), then collect on the clock."""
-        gc.freeze()
-        self._was_enabled = gc.isenabled()
-        gc.disable()
+        if PacedCollector._holders == 0:
+            gc.freeze()
+            PacedCollector._was_enabled = gc.isenabled()
+            gc.disable()
+        PacedCollector._holders += 1
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Hand the collector back to CPython as it was."""
+        """Hand the collector back to CPython as it was, once no other run holds it."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        gc.unfreeze()
-        if self._was_enabled:
-            gc.enable()
+        PacedCollector._holders -= 1
+        if PacedCollector._holders == 0:
+            gc.unfreeze()
+            if PacedCollector._was_enabled:
+                gc.enable()
 
     async def _run(self) -> None:
         """Both young generations each tick; everything once memory has grown by FULL_AFTER_GROWTH."""

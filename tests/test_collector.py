@@ -39,6 +39,24 @@ def test_young_generations_are_collected_on_the_clock_and_the_collector_is_hande
     assert gc.get_freeze_count() == 0
 
 
+def test_overlapping_runs_hand_the_collector_back_only_when_the_last_one_ends() -> None:
+    """Two runs side by side in one process: the first to end leaves the other's pacing in place."""
+    enabled_before = gc.isenabled()
+
+    async def main() -> tuple[bool, bool]:
+        with PacedCollector():
+            inner = PacedCollector()
+            inner.__enter__()
+        disabled_after_first = not gc.isenabled()
+        inner.__exit__(None, None, None)
+        return disabled_after_first, gc.isenabled()
+
+    disabled_after_first, enabled_after_last = asyncio.run(main())
+    assert disabled_after_first
+    assert enabled_after_last == enabled_before
+    assert gc.get_freeze_count() == 0
+
+
 def test_a_full_collection_follows_memory_growth_and_frees_old_cycles() -> None:
     """Cycles old enough to reach the oldest generation are freed once memory grows past the bound.
 
