@@ -61,9 +61,11 @@ class Transport:
 
     def wind_down(self) -> None:
         """Ask for `Connection: close` from now on, so each connection closes with its answer instead of
-        all 2,000 at once in `close`, which stalls the event loop for tens of milliseconds."""
-        self._headers["Connection"] = "close"
-        self._auth = ("", CIMultiDict())
+        all 2,000 at once in `close`, which stalls the event loop for tens of milliseconds. Every worker
+        calls it as it finishes; only the first rebuilds the headers."""
+        if self._headers.get("Connection") != "close":
+            self._headers["Connection"] = "close"
+            self._auth = ("", CIMultiDict())
 
     async def send(self, body: dict[str, Any], token: str) -> dict[str, Any]:
         """One non-streamed request."""
