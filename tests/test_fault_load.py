@@ -52,9 +52,7 @@ class LoopWatch:
     """
 
     counters: Counters
-    lags: list[float] = field(default_factory=list)
     ticks: list[tuple[bool, float, float, float]] = field(default_factory=list)  # in flight, lag, CPU, steal
-    steal_s: float = 0.0
     rss: list[tuple[float, int]] = field(default_factory=list)
     gc_pauses: list[tuple[int, float]] = field(default_factory=list)
     _gc_started: float = 0.0
@@ -79,13 +77,20 @@ class LoopWatch:
             before, busy, stolen, cpu = loop.time(), self.working(), steal_per_cpu_s(), time.thread_time()
             await asyncio.sleep(TICK_S)
             now, stolen, cpu = loop.time(), steal_per_cpu_s() - stolen, time.thread_time() - cpu
-            lag = now - before - TICK_S
-            self.lags.append(lag)
-            self.steal_s += stolen
-            self.ticks.append((busy or self.working(), lag, cpu, stolen))
+            self.ticks.append((busy or self.working(), now - before - TICK_S, cpu, stolen))
             if now >= next_sample:
                 self.rss.append((now, process.memory_info().rss))
                 next_sample = now + 1.0
+
+    @property
+    def lags(self) -> list[float]:
+        """The lag of every tick, start-up and shut-down included."""
+        return [lag for _, lag, _, _ in self.ticks]
+
+    @property
+    def steal_s(self) -> float:
+        """Seconds the host stole from each CPU over the run."""
+        return sum(stolen for *_, stolen in self.ticks)
 
     @property
     def in_flight_lags(self) -> list[float]:
