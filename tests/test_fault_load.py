@@ -179,10 +179,10 @@ def _enough_file_descriptors(needed: int) -> None:
         pytest.param(20.0, 24_000, True, id="5min", marks=pytest.mark.slow),
     ],
 )
-def test_2000_in_flight_keeps_the_loop_responsive_and_memory_flat(
+def test_2000_in_flight_every_row_ok_once_and_the_long_run_stays_responsive_and_flat(
     slow_simulator: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, latency_s: float, rows: int, bounded: bool
 ) -> None:
-    """2,000 requests in flight for the whole run: every row ok once, the loop never stalls, memory stays flat."""
+    """Every row ok once with 2,000 requests in flight; only the long (slow) case asserts loop lag and memory bounds."""
     _enough_file_descriptors(2 * IN_FLIGHT + 500)
     key = tmp_path / "sa-key.json"
     key.write_text(json.dumps(make_service_account_info(f"{slow_simulator}/token")))
