@@ -7,12 +7,13 @@ import binascii
 import datetime
 import json
 import re
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import InvalidOutputError, RequestError
 from batchrun.redact import redact
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 Row = dict[str, Any]
 
@@ -34,7 +35,7 @@ class ResultBuilder:
         kind = (response_format or {}).get("type")
         self._wants_json = kind in ("json_object", "json_schema")
         schema = (response_format or {}).get("json_schema", {}).get("schema") if kind == "json_schema" else None
-        self._validator = jsonschema.Draft202012Validator(schema) if isinstance(schema, dict) else None
+        self._validator = _validator(schema) if isinstance(schema, dict) else None
 
     @property
     def wants_json(self) -> bool:
@@ -129,6 +130,13 @@ class ResultBuilder:
             "total_tokens": usage.get("total_tokens"),
             "traffic_type": google.get("traffic_type"),
         }
+
+
+def _validator(schema: dict[str, Any]) -> Validator:
+    """A JSON Schema validator; jsonschema (0.1 s to import) is loaded only by jobs that ask for a schema."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema)
 
 
 def input_error(rid: str, message: str) -> Row:
