@@ -85,15 +85,18 @@ def read_rows(paths: list[str]) -> list[Row]:
 
 
 class Journal:
-    """One run's append-only journal of finished rows, in segments sealed as parts are committed."""
+    """One run's append-only journal of finished rows, in segments sealed as parts are committed.
+
+    Each append opens the segment, writes one line and closes it again: a file held open for writing
+    would keep the file system from being remounted read-only or unmounted (the fsync thread opens
+    it read-only, which fsync accepts on Linux).
+    """
 
     def __init__(self, directory: str, name: str) -> None:
         self._directory = directory
         self._name = name  # "<shard tag>-<run id>": segment names sort by run, then by sequence
         self._sequence = 1
-        self._fd: int | None = None
-        self._sealed_fds: list[int] = []  # fsync'd and closed by the sync thread, never by the loop
-        self._dirty = False
+        self._written: set[int] = set()  # sequences written since the last fsync
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.failure: OSError | None = None
@@ -114,21 +117,23 @@ class Journal:
         except (TypeError, ValueError):
             return
         try:
-            if self._fd is None:
+            try:
+                fd = os.open(self._path(self._sequence), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            except FileNotFoundError:
                 os.makedirs(self._directory, exist_ok=True)
-                self._fd = os.open(self._path(self._sequence), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            view = memoryview(line)
-            while view:
-                view = view[os.write(self._fd, view):]
+                fd = os.open(self._path(self._sequence), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
         except OSError as exc:
             self.failure = exc
-        self._dirty = True
+        self._written.add(self._sequence)
 
     def seal(self) -> int:
         """Start a new segment for rows appended from now on; returns the last sequence the old rows are in."""
-        if self._fd is not None:
-            self._sealed_fds.append(self._fd)
-            self._fd = None
         sealed = self._sequence
         self._sequence += 1
         return sealed
@@ -147,36 +152,37 @@ class Journal:
             await self._sync()
 
     async def _sync(self) -> None:
-        """fsync what was written since the last time (in a thread: it waits on the disk)."""
-        if not self._dirty and not self._sealed_fds:
+        """fsync the segments written since the last time (in a thread: it waits on the disk)."""
+        if not self._written:
             return
-        self._dirty = False
-        sealed, self._sealed_fds = self._sealed_fds, []
+        paths = [self._path(sequence) for sequence in sorted(self._written)]
+        self._written = set()
         try:
-            await asyncio.to_thread(_sync_and_close, sealed, self._fd)
+            await asyncio.to_thread(_fsync, paths)
         except OSError as exc:
             self.failure = exc
 
     async def close(self, *, committed: bool) -> None:
-        """fsync and close; with `committed` (every row is in a part) remove every segment."""
+        """fsync; with `committed` (every row is in a part) remove every segment."""
         self._stop.set()
         if self._task is not None:
-            await self._task  # lets a sync in its thread finish: the loop closes no descriptor it may hold
-        self.seal()
+            await self._task
         await self._sync()
         if committed:
             self.release(self._sequence)
 
 
-def _sync_and_close(sealed: list[int], current: int | None) -> None:
-    """fsync sealed segments and close them, then fsync the open one."""
-    for fd in sealed:
+def _fsync(paths: list[str]) -> None:
+    """fsync each segment through a read-only descriptor (one a committed part released may be gone)."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    if current is not None:
-        os.fsync(current)
 
 
 def fold(paths: list[str], saved: Callable[[set[str]], set[str]], commit: Callable[[list[Row]], None]) -> int:

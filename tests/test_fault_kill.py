@@ -75,7 +75,7 @@ def _watch_and_kill(process: subprocess.Popen[str], sim: Any, output: Path, kill
 
 @pytest.mark.parametrize(
     ("kills", "n"),
-    [pytest.param(10, 1200, id="10-kills"), pytest.param(40, 5000, id="40-kills", marks=pytest.mark.slow)],
+    [pytest.param(10, 1200, id="10-kills"), pytest.param(40, 8000, id="40-kills", marks=pytest.mark.slow)],
 )
 def test_sigkill_loop_loses_nothing_and_writes_nothing_twice(sim: Any, make_job: Any, kills: int, n: int) -> None:
     """Ten SIGKILLs (one in three while a part is being written), resumed each time: one row per id at the end, and
