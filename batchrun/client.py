@@ -62,7 +62,7 @@ class ChatClient:
         self._limits = limits
         self._counters = counters
         self._transport = Transport(connection.base_url, timeout_s=retry.timeout_s, concurrency=concurrency,
-                                    direct=direct)
+                                    direct=direct, headers=connection.headers)
 
     async def close(self) -> None:
         """Close the HTTP connections."""
