@@ -432,7 +432,8 @@ class Simulator:
         self._counts[prompt] += 1
         if self.config.record:
             record: dict[str, Any] = {"body": body, "path": request.path}
-            headers = {k: v for k, v in request.headers.items() if k.lower().startswith("x-")}
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower().startswith("x-") and not k.lower().startswith("x-stainless-")}  # not the SDK's own
             if headers:
                 record["headers"] = headers
             self._records.append(record)

@@ -297,3 +297,20 @@ def test_a_storm_does_not_outlive_itself(storm: tuple[float, float]) -> None:
     full_speed = 16 / server.latency_s
     after = [t for t in server.admitted if storm[1] + 5 <= t < storm[1] + 30]
     assert len(after) / 25 >= 0.9 * full_speed
+
+
+def test_slow_answers_are_not_read_as_overload() -> None:
+    """Answers that take minutes (Flex PayGo's, by design) never slow the adaptive pace: only 429s do."""
+    pace = AdaptivePace()
+
+    async def main() -> float | None:
+        async def worker() -> None:
+            for _ in range(5):
+                reservation = await pace.acquire()
+                await asyncio.sleep(600)  # ten minutes an answer
+                pace.on_success(reservation)
+
+        await asyncio.gather(*(worker() for _ in range(32)))
+        return pace.per_minute
+
+    assert run(main) is None
