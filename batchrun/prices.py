@@ -145,7 +145,10 @@ def require_cap_prices(spec: JobSpec, book: PriceBook) -> None:
 
 def _library_prices(spec: JobSpec, wanted: list[str]) -> dict[str, Price]:
     """genai-prices' figures for the model (standard, and the Flex/Priority variants it publishes)."""
-    from genai_prices import __version__, data_snapshot  # a second or two to import: only when needed
+    try:
+        from genai_prices import __version__, data_snapshot  # a second or two to import: only when needed
+    except ImportError:  # an environment installed before the dependency was added: the spec's prices only
+        return {}
 
     assert spec.model is not None
     model_ref = spec.model.split("/", 1)[1] if spec.model.startswith("google/") else spec.model

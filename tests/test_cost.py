@@ -91,6 +91,7 @@ def test_json_log_lines_carry_the_cost_so_far(make_job: Any, sim: Sim) -> None:
 def test_default_prices_come_from_genai_prices_and_the_spec_overrides_them() -> None:
     """Standard prices for a known Gemini model come from genai-prices (named as the source); report.prices wins;
     a tier the library does not publish stays unpriced instead of taking the standard rate."""
+    pytest.importorskip("genai_prices", reason="genai-prices (a dependency in pyproject.toml) is not installed")
     base = {"name": "j", "input": {"path": "i.jsonl"}, "output": {"path": "o"}, "model": "google/gemini-2.5-flash",
             "endpoint": {"kind": "simulator"}}
     book = price_book(parse_spec(base))
