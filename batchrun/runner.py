@@ -316,15 +316,14 @@ class Runner:
     async def _send(self, client: ChatClient, record: Record, body: dict[str, Any]) -> Row:
         """One row's request, retried by the client, as an ok or error row."""
         builder = self._builder_for(body)
-        check = builder.check if builder.wants_json else None
         estimate = _estimate(body) if client.needs_estimate else 0
         try:
-            answer = await client.complete(body, estimate, check)
+            answer = await client.complete(body, estimate, builder.check)
         except RequestError as exc:
             return builder.failed(record.id, exc, attempts=exc.attempts)
         self._successes += 1
-        self.counters.tokens += int((answer.response.get("usage") or {}).get("total_tokens") or 0)
-        return builder.ok(record.id, answer.response, attempts=answer.attempts,
+        self.counters.tokens += int((answer.reply.response.get("usage") or {}).get("total_tokens") or 0)
+        return builder.ok(record.id, answer.reply, attempts=answer.attempts,
                           latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
 
     def _builder_for(self, body: dict[str, Any]) -> ResultBuilder:
