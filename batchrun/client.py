@@ -55,7 +55,6 @@ class ChatClient:
         limits: Limits,
         counters: Counters,
         *,
-        concurrency: int,
         direct: bool = True,
     ) -> None:
         self._connection = connection
@@ -63,7 +62,12 @@ class ChatClient:
         self._limits = limits
         self._counters = counters
         self._transport = open_transport(connection.base_url, timeout_s=retry.timeout_s,
-                                         concurrency=concurrency, direct=direct)
+                                         concurrency=limits.concurrency, direct=direct, headers=connection.headers)
+
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight at most, as the limits hold them."""
+        return self._limits.concurrency
 
     async def close(self) -> None:
         """Close the HTTP connections."""
@@ -77,14 +81,14 @@ class ChatClient:
         """No rows are left to send: close each connection as its last request ends."""
         self._transport.wind_down()
 
-    async def complete(self, body: dict[str, Any], estimate: int, check: Check) -> Answer:
+    async def complete(self, body: dict[str, Any], check: Check) -> Answer:
         """The answer for `body`, checked once per attempt by `check`; raises the last RequestError when
         retries are spent or it is final (a malformed or cut answer is retried like a 5xx)."""
         retryable: tuple[type[BaseException], ...] = (RetryableError, AuthExpiredError)
         if self._retry.on_invalid_output:
             retryable = (*retryable, InvalidOutputError)
         try:
-            return await self._attempt(body, estimate, check)
+            return await self._attempt(body, check)
         except RequestError as exc:
             first = exc
             if not isinstance(exc, retryable) or self._retry.max_attempts == 1:
@@ -106,7 +110,7 @@ class ChatClient:
                     if attempt.retry_state.attempt_number == 1:
                         raise first
                     attempts += 1
-                    answer = await self._attempt(body, estimate, check)
+                    answer = await self._attempt(body, check)
                     answer.attempts = attempts
                     return answer
         except RequestError as exc:
@@ -114,15 +118,14 @@ class ChatClient:
             raise
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    @property
-    def needs_estimate(self) -> bool:
-        """Whether requests must be sized before sending (a tokens/min budget is set)."""
-        return self._limits.tokens is not None
-
-    async def _attempt(self, body: dict[str, Any], estimate: int, check: Check) -> Answer:
+    async def _attempt(self, body: dict[str, Any], check: Check) -> Answer:
         """One HTTP request, timed, with its token and its place in the limits, and its answer checked."""
-        ticket = await self._limits.acquire(estimate)
-        token = await self._connection.tokens.token()
+        ticket = await self._limits.start(body)
+        try:
+            token = await self._connection.tokens.token()
+        except BaseException:
+            self._limits.failed(ticket)
+            raise
         self._counters.requests += 1
         started = time.perf_counter()
         try:
@@ -133,17 +136,23 @@ class ChatClient:
         except RequestError as exc:
             self._note_failure(exc, token, ticket)
             raise
+        except BaseException:
+            self._limits.failed(ticket)
+            raise
         latency_ms = (time.perf_counter() - started) * 1000
         usage = response.get("usage") if isinstance(response, dict) else None
-        tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
-        self._limits.succeeded(ticket, tokens if isinstance(tokens, int) else 0)
+        self._limits.finished(ticket, usage if isinstance(usage, dict) else {})
+        if self._limits.cost is not None:
+            self._counters.cost = self._limits.cost.run_spent
         return Answer(reply=check(response), attempts=1, latency_ms=latency_ms, ttft_ms=ttft)
 
     def _note_failure(self, error: RequestError, token: str, ticket: Ticket) -> None:
         """Counters, the limits, and a 401'd token, before tenacity decides what follows."""
         if isinstance(error, RateLimitedError):
             self._counters.rate_limited += 1
-            self._limits.rate_limited(ticket)
+            self._limits.refused(ticket)
+        else:
+            self._limits.failed(ticket)
         if isinstance(error, AuthExpiredError):
             if not self._connection.is_google:
                 raise FinalError(error.message, http_status=401) from None

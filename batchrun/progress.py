@@ -27,6 +27,8 @@ class Counters:
     requests: int = 0
     rate_limited: int = 0
     tokens: int = 0
+    cost: float | None = None  # what this run's answers cost so far, when their traffic types are priced
+    currency: str = "USD"
     started: float = field(default_factory=time.monotonic)
     _history: deque[tuple[float, int, int]] = field(default_factory=deque)
 
@@ -53,6 +55,8 @@ class Counters:
             "tokens_per_min": round((self.tokens - tokens_then) / span * 60, 1),
             "rate_limited_429": self.rate_limited,
             "eta_s": round(remaining / rate, 1) if rate > 0 else None,
+            "cost": None if self.cost is None else round(self.cost, 6),
+            "currency": self.currency,
         }
 
 
@@ -183,5 +187,6 @@ class Reporter:
         detail = (
             f"{f['requests_per_min']:.0f} req/min  {f['tokens_per_min']:.0f} tok/min  "
             f"errors {f['errors']}  429s {f['rate_limited_429']}"
+            + ("" if f["cost"] is None else f"  cost {f['cost']:.4f} {f['currency']}")
         )
         progress.update(task, completed=f["rows_done"], detail=detail)

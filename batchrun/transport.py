@@ -68,20 +68,24 @@ class Transport(Protocol):
         """No rows are left to send: close each connection as its answer arrives."""
 
 
-def open_transport(base_url: str, *, timeout_s: float, concurrency: int, direct: bool) -> Transport:
-    """The transport `endpoint.transport` names: `direct` (aiohttp, the SDK for streams) or `openai`."""
+def open_transport(base_url: str, *, timeout_s: float, concurrency: int, direct: bool,
+                   headers: Mapping[str, str] | None = None) -> Transport:
+    """The transport `endpoint.transport` names: `direct` (aiohttp, the SDK for streams) or `openai`;
+    `headers` go on every request."""
     kind = DirectTransport if direct else SdkTransport
-    return kind(base_url, timeout_s=timeout_s, connections=concurrency + 8)
+    return kind(base_url, timeout_s=timeout_s, connections=concurrency + 8, headers=headers)
 
 
 class SdkTransport:
     """Every request through the openai SDK, imported and built on first use (its import alone costs
     half a second of CPU)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float, connections: int) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float, connections: int,
+                 headers: Mapping[str, str] | None = None) -> None:
         self._base_url = base_url
         self._timeout_s = timeout_s
         self._connections = connections
+        self._extra_headers = dict(headers or {})
         self._client: openai.AsyncOpenAI | None = None
         self._closing: dict[str, str] = {}
 
@@ -142,6 +146,7 @@ class SdkTransport:
             self._client = openai.AsyncOpenAI(
                 base_url=self._base_url,
                 api_key="set-per-request",
+                default_headers=self._extra_headers,
                 max_retries=0,
                 timeout=self._timeout_s,
                 http_client=openai.DefaultAioHttpClient(
@@ -155,16 +160,17 @@ class SdkTransport:
 class DirectTransport:
     """Non-streamed requests as plain aiohttp POSTs (the hot path); streams through an SdkTransport."""
 
-    def __init__(self, base_url: str, *, timeout_s: float, connections: int) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float, connections: int,
+                 headers: Mapping[str, str] | None = None) -> None:
         self._timeout_s = timeout_s
         self._connections = connections
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._proxy = _env_proxy(self._url)
         self._target = yarl.URL(self._url)  # parsed once, not per request
         self._headers = {"Accept": "application/json", "Content-Type": "application/json",
-                         "User-Agent": f"batchrun/{__version__} aiohttp/{aiohttp.__version__}"}
+                         "User-Agent": f"batchrun/{__version__} aiohttp/{aiohttp.__version__}", **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
-        self._streams = SdkTransport(base_url, timeout_s=timeout_s, connections=connections)
+        self._streams = SdkTransport(base_url, timeout_s=timeout_s, connections=connections, headers=headers)
         self._auth: tuple[str, CIMultiDict[str]] = ("", CIMultiDict())
 
     async def close(self) -> None:

@@ -26,10 +26,10 @@ CHECK = ResultBuilder(thought_marker=None, response_format=None).check
 def complete(connection: Connection, attempts: int = 1, body: dict[str, Any] = BODY) -> Any:
     async def main() -> Any:
         client = ChatClient(
-            connection, RetrySpec(max_attempts=attempts, timeout_s=5), Limits(LimitsSpec()), Counters(), concurrency=4
+            connection, RetrySpec(max_attempts=attempts, timeout_s=5), Limits(LimitsSpec(concurrency=4)), Counters()
         )
         try:
-            return await client.complete(body, 0, CHECK)
+            return await client.complete(body, CHECK)
         finally:
             await client.close()
 
@@ -95,10 +95,10 @@ def test_dropped_connection_and_timeout_are_transient(sim: Sim) -> None:
 
     async def main() -> None:
         client = ChatClient(
-            google(sim), RetrySpec(max_attempts=1, timeout_s=0.5), Limits(LimitsSpec()), Counters(), concurrency=2
+            google(sim), RetrySpec(max_attempts=1, timeout_s=0.5), Limits(LimitsSpec(concurrency=2)), Counters()
         )
         try:
-            await client.complete(BODY, 0, CHECK)
+            await client.complete(BODY, CHECK)
         finally:
             await client.close()
 
