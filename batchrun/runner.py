@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchrun.collector import PacedCollector
-from batchrun.errors import InputError, RequestError, SpecError, StoppedError
+from batchrun.errors import RequestError, SpecError, StoppedError
 from batchrun.limits import Limits
 from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
@@ -67,8 +67,6 @@ def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
     """Validate the spec against the input and render its first rows; sends nothing."""
     source = Source(spec.input)
     summary = source.summarize(spec.output.keep_columns, shard.owns if shard else None)
-    if summary.rows == summary.broken:
-        raise InputError(f"{spec.input.path}: no line or row could be read; check the file format")
     renderer = Renderer(spec, summary.format)
     renderer.check_columns(summary.columns, spec.input.path)
     first: dict[str, Any] | None = None
