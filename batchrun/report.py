@@ -72,6 +72,25 @@ def _billable(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def billable(row: dict[str, Any]) -> tuple[int, int, int]:
+    """(input, output, reasoning) tokens one written row is charged for: `_billable`'s rule, row by row."""
+    names = ("prompt_tokens", "reasoning_tokens", "total_tokens")
+    prompt, reasoning, total = (int(row.get(name) or 0) for name in names)
+    given = row.get("completion_tokens")
+    completion = max(total - prompt - reasoning, 0) if given is None else int(given)
+    if reasoning > 0 and total == prompt + completion:
+        return prompt, completion - reasoning, reasoning
+    return prompt, completion, reasoning
+
+
+def cost_of(price: PriceSpec | None, tokens: list[int] | tuple[int, int, int]) -> float | None:
+    """What (input, output, reasoning) tokens cost at one traffic type's price; None without a price."""
+    unit = _price_of(price)
+    if unit is None:
+        return None
+    return sum(count * per_token for count, per_token in zip(tokens, unit, strict=True))
+
+
 def _price_of(price: PriceSpec | None) -> tuple[float, float, float] | None:
     """(input, output, reasoning) dollars per token, or None when the traffic type has no price."""
     if price is None:
@@ -98,12 +117,8 @@ def _by_traffic_type(frame: pl.DataFrame, prices: dict[str, PriceSpec]) -> list[
         entry: dict[str, Any] = {"traffic_type": row["traffic_type"], "rows": int(row["rows"])}
         entry.update({name: _int(row[name]) for name in _TOKENS})
         if prices:
-            unit = _price_of(prices.get(row["traffic_type"] or ""))
-            entry["cost"] = (
-                None
-                if unit is None
-                else round(row["_input"] * unit[0] + row["_output"] * unit[1] + row["_reasoning"] * unit[2], 6)
-            )
+            cost = cost_of(prices.get(row["traffic_type"] or ""), (row["_input"], row["_output"], row["_reasoning"]))
+            entry["cost"] = None if cost is None else round(cost, 6)
         result.append(entry)
     return result
 

@@ -114,6 +114,9 @@ class Runner:
             interactive=options.interactive,
             interval_s=options.log_interval_s,
             labels={"shard": options.shard.label, "attempt": options.attempt},
+            output=self.spec.output.path,
+            prices=dict(self.spec.report.prices),
+            currency=self.spec.report.currency,
         )
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -142,6 +145,7 @@ class Runner:
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
+        counters.limit = options.limit
         if not options.interactive or options.attempt > 0:
             reporter.note(
                 "INFO",
@@ -186,10 +190,7 @@ class Runner:
                 "Run the same command again to resume"
             )
         if limited:
-            self.reporter.note(
-                "INFO", f"--limit reached: {writer.rows_written} rows saved; run again without --limit to finish"
-            )
-            return 0
+            return 0  # the summary said how many rows --limit leaves
         await asyncio.to_thread(self._verify_complete)  # reads every part: off the loop
         return 0
 
@@ -355,6 +356,7 @@ class Runner:
             self.counters.ok += 1
         else:
             self.counters.errors += 1
+        self.counters.add_usage(row)
         try:
             writer.add(row)
         except Exception as exc:

@@ -207,8 +207,8 @@ def expand_env(value: Any, loc: Loc = ()) -> Any:
                 return default
             raise _UnsetVariable(
                 f"{_dotted(loc) or 'spec'}: environment variable {name} is not set "
-                f"(export {name}=..., or write ${{{name}:-default}}; "
-                f"for a literal ${{{name}}}, such as a $ before the {{{name}}} column, write $${{{name}}})",
+                f"(export {name}=..., write ${{{name}:-default}}, or $${{{name}}} for a literal ${{{name}}}"
+                + (f": a $ before the {{{name}}} column)" if loc[:1] == ("request",) else ")"),
                 loc,
             )
 

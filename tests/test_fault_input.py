@@ -77,7 +77,7 @@ REFUSALS = [
     Refusal("unclosed YAML quote", ("job.yaml: line 1, column 7:", "quoted scalar", "close the quote"),
             plant=lambda p: (p / "job.yaml").write_text('name: "test-job\n' + (p / "job.yaml").read_text())),
     Refusal("${column} read as a variable", ("request.prompt", "environment variable price is not set",
-                                           "write $${price}"),
+                                           "$${price} for a literal ${price}"),
             spec={"request__prompt": "Price: ${price}"}, line_of_key="prompt"),
 ]
 
