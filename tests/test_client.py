@@ -24,10 +24,10 @@ BODY = {"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "conte
 def complete(connection: Connection, attempts: int = 1, body: dict[str, Any] = BODY) -> Any:
     async def main() -> Any:
         client = ChatClient(
-            connection, RetrySpec(max_attempts=attempts, timeout_s=5), Limits(LimitsSpec()), Counters(), concurrency=4
+            connection, RetrySpec(max_attempts=attempts, timeout_s=5), Limits(LimitsSpec(concurrency=4)), Counters()
         )
         try:
-            return await client.complete(body, 0)
+            return await client.complete(body)
         finally:
             await client.close()
 
@@ -93,10 +93,10 @@ def test_dropped_connection_and_timeout_are_transient(sim: Sim) -> None:
 
     async def main() -> None:
         client = ChatClient(
-            google(sim), RetrySpec(max_attempts=1, timeout_s=0.5), Limits(LimitsSpec()), Counters(), concurrency=2
+            google(sim), RetrySpec(max_attempts=1, timeout_s=0.5), Limits(LimitsSpec(concurrency=2)), Counters()
         )
         try:
-            await client.complete(BODY, 0)
+            await client.complete(BODY)
         finally:
             await client.close()
 

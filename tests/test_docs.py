@@ -47,10 +47,17 @@ def test_duckdb_reads_the_documented_schema_and_runs_the_documented_queries(make
 
     queries = [q.strip() for block in blocks(ANALYSTS, "sql") for q in block.split(";") if q.strip()]
     local = [q for q in queries if "out/reviews-sentiment" in q]
-    assert len(local) == 3
+    assert len(local) == 4
     for query in local:
         rows = duckdb.sql(query.replace("out/reviews-sentiment/*.parquet", pattern)).fetchall()
         assert rows, query
+    (cost_block,) = [b for b in blocks(ANALYSTS, "python") if b.startswith("# cost by traffic type")]
+    namespace: dict[str, Any] = {}
+    exec(cost_block.replace("out/reviews-sentiment/*.parquet", pattern).replace("print(cost)", ""), namespace)
+    by_type = dict(namespace["cost"].select("traffic_type", "cost").iter_rows())
+    cost_sql = next(q for q in local if q.startswith("-- cost by traffic type"))
+    by_sql = {r[0]: r[3] for r in duckdb.sql(cost_sql.replace("out/reviews-sentiment/*.parquet", pattern)).fetchall()}
+    assert by_sql["ON_DEMAND"] == pytest.approx(by_type["ON_DEMAND"]) and by_type["ON_DEMAND"] > 0
     (tokens,) = duckdb.sql(f"SELECT sum(total_tokens), count(DISTINCT id), count(*) FROM read_parquet('{pattern}')"
                            ).fetchall()
     assert tokens[0] > 0 and tokens[1] == tokens[2] == 30
