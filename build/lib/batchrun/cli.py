@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="run task I of N (default: CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT)")
     run.add_argument("--log-interval", type=float, default=10.0, help="seconds between JSON progress lines")
     command("validate", "Check the spec and the input; print the row count and the first request.")
+    estimate = command("estimate", "Rows, tokens, the cost range per consumption option and the time at the limits; "
+                       "reads the input, sends nothing.")
+    estimate.add_argument("--sample", type=int, default=None, metavar="N",
+                          help="read only the first N rows and scale the figures to the whole input")
+    estimate.add_argument("--json", action="store_true", help="print JSON")
     status = command("status", "Done / error / pending counts from the output, in total and per shard.")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--shards", type=int, default=None, metavar="N",
@@ -89,6 +94,18 @@ def _validate(args: argparse.Namespace, spec: JobSpec) -> int:
           + (f", {summary.broken} unreadable (they become input error rows)" if summary.broken else ""))
     print("first request:")
     print(json.dumps(_shorten(prepared.first_request), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _estimate(args: argparse.Namespace, spec: JobSpec) -> int:
+    """`batchrun estimate`: everything a run checks first, then the job's size and cost; sends nothing."""
+    from batchrun.estimate import estimate_job, format_estimate
+    from batchrun.runner import prepare
+
+    if args.sample is not None and args.sample < 1:
+        raise BatchrunError("--sample must be 1 or more")
+    estimate = estimate_job(prepare(spec), args.sample)
+    print(json.dumps(estimate, indent=2) if args.json else format_estimate(estimate))
     return EXIT_OK
 
 
@@ -146,6 +163,7 @@ def _shorten(value: Any, key: str = "") -> Any:
 _COMMANDS: dict[str, Callable[[argparse.Namespace, JobSpec], int]] = {
     "run": _run,
     "validate": _validate,
+    "estimate": _estimate,
     "status": _status,
     "report": _report,
     "export": _export,

@@ -54,15 +54,19 @@ class ChatClient:
         limits: Limits,
         counters: Counters,
         *,
-        concurrency: int,
         direct: bool = True,
     ) -> None:
         self._connection = connection
         self._retry = retry
         self._limits = limits
         self._counters = counters
-        self._transport = Transport(connection.base_url, timeout_s=retry.timeout_s, concurrency=concurrency,
-                                    direct=direct)
+        self._transport = Transport(connection.base_url, timeout_s=retry.timeout_s, concurrency=limits.concurrency,
+                                    direct=direct, headers=connection.headers)
+
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight at most, as the limits hold them."""
+        return self._limits.concurrency
 
     async def close(self) -> None:
         """Close the HTTP connections."""
@@ -76,13 +80,13 @@ class ChatClient:
         """No rows are left to send: close each connection as its last request ends."""
         self._transport.wind_down()
 
-    async def complete(self, body: dict[str, Any], estimate: int, check: Check | None = None) -> Answer:
+    async def complete(self, body: dict[str, Any], check: Check | None = None) -> Answer:
         """The answer for `body`; raises the last RequestError when retries are spent or it is final."""
         retryable: tuple[type[BaseException], ...] = (RetryableError, AuthExpiredError)
         if check is not None and self._retry.on_invalid_output:
             retryable = (*retryable, InvalidOutputError)
         try:
-            return await self._checked(body, estimate, check)
+            return await self._checked(body, check)
         except RequestError as exc:
             first = exc
             if not isinstance(exc, retryable) or self._retry.max_attempts == 1:
@@ -104,7 +108,7 @@ class ChatClient:
                     if attempt.retry_state.attempt_number == 1:
                         raise first
                     attempts += 1
-                    answer = await self._checked(body, estimate, check)
+                    answer = await self._checked(body, check)
                     answer.attempts = attempts
                     return answer
         except RequestError as exc:
@@ -112,22 +116,21 @@ class ChatClient:
             raise
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _checked(self, body: dict[str, Any], estimate: int, check: Check | None) -> Answer:
+    async def _checked(self, body: dict[str, Any], check: Check | None) -> Answer:
         """One attempt, and the answer's check when the spec asks for JSON."""
-        answer = await self._attempt(body, estimate)
+        answer = await self._attempt(body)
         if check is not None:
             check(answer.response)
         return answer
 
-    @property
-    def needs_estimate(self) -> bool:
-        """Whether requests must be sized before sending (a tokens/min budget is set)."""
-        return self._limits.tokens is not None
-
-    async def _attempt(self, body: dict[str, Any], estimate: int) -> Answer:
+    async def _attempt(self, body: dict[str, Any]) -> Answer:
         """One HTTP request, timed, with its token and its place in the limits."""
-        ticket = await self._limits.acquire(estimate)
-        token = await self._connection.tokens.token()
+        ticket = await self._limits.start(body)
+        try:
+            token = await self._connection.tokens.token()
+        except BaseException:
+            self._limits.failed(ticket)
+            raise
         self._counters.requests += 1
         started = time.perf_counter()
         try:
@@ -138,16 +141,22 @@ class ChatClient:
         except RequestError as exc:
             self._note_failure(exc, token, ticket)
             raise
+        except BaseException:
+            self._limits.failed(ticket)
+            raise
         latency_ms = (time.perf_counter() - started) * 1000
-        usage = response.get("usage") or {}
-        self._limits.succeeded(ticket, int(usage.get("total_tokens") or 0))
+        self._limits.finished(ticket, response.get("usage") or {})
+        if self._limits.cost is not None:
+            self._counters.cost = self._limits.cost.run_spent
         return Answer(response=response, attempts=1, latency_ms=latency_ms, ttft_ms=ttft)
 
     def _note_failure(self, error: RequestError, token: str, ticket: Ticket) -> None:
         """Counters, the limits, and a 401'd token, before tenacity decides what follows."""
         if isinstance(error, RateLimitedError):
             self._counters.rate_limited += 1
-            self._limits.rate_limited(ticket)
+            self._limits.refused(ticket)
+        else:
+            self._limits.failed(ticket)
         if isinstance(error, AuthExpiredError):
             if not self._connection.is_google:
                 raise FinalError(error.message, http_status=401) from None

@@ -31,33 +31,10 @@ class Counters:
     rate_limited: int = 0
     tokens: int = 0
     limit: int | None = None  # --limit: the run sends at most this many of the pending rows
+    cost: float | None = None  # what this run's answers cost so far, when their traffic types are priced
+    currency: str = "USD"
     started: float = field(default_factory=time.monotonic)
     _history: deque[tuple[float, int, int]] = field(default_factory=deque)
-    _usage: dict[str | None, list[int]] = field(default_factory=dict)
-
-    def add_usage(self, row: dict[str, Any]) -> None:
-        """Add a finished row's billable tokens to its traffic type's sums, for the cost in the summary."""
-        from batchrun.report import billable
-
-        sums = self._usage.setdefault(row.get("traffic_type"), [0, 0, 0])
-        for index, tokens in enumerate(billable(row)):
-            sums[index] += tokens
-
-    def cost(self, prices: dict[str, Any]) -> tuple[float, list[str]] | None:
-        """This run's cost from `report.prices` and the traffic types used without a price; None when unpriced."""
-        from batchrun.report import cost_of
-
-        if not prices:
-            return None
-        total, unpriced = 0.0, []
-        for traffic_type, tokens in self._usage.items():
-            cost = cost_of(prices.get(traffic_type or ""), tokens)
-            if cost is None:
-                if any(tokens):
-                    unpriced.append(str(traffic_type))
-            else:
-                total += cost
-        return total, unpriced
 
     def to_send(self) -> int:
         """Rows this run still means to send: the pending rows, or what --limit leaves of them."""
@@ -94,6 +71,8 @@ class Counters:
             "rate_limited_429": self.rate_limited,
             "eta_s": round(remaining / rate, 1) if rate > 0 else None,
             "elapsed_s": round(elapsed, 1),
+            "cost": None if self.cost is None else round(self.cost, 6),
+            "currency": self.currency,
         }
 
 
@@ -153,8 +132,6 @@ class Reporter:
         interval_s: float = 10.0,
         labels: dict[str, Any] | None = None,
         output: str = "",
-        prices: dict[str, Any] | None = None,
-        currency: str = "USD",
     ) -> None:
         self._counters = counters
         self._job = job
@@ -162,8 +139,6 @@ class Reporter:
         self._interval = interval_s
         self._labels = {"job": job, **(labels or {})}
         self._output = output
-        self._prices = prices or {}
-        self._currency = currency
         self._task: asyncio.Task[None] | None = None
 
     def note(self, severity: str, message: str, **fields: Any) -> None:
@@ -206,13 +181,8 @@ class Reporter:
             f"{figures['rows_done']:,}/{figures['rows_total']:,} rows done",
             f"this run: {c.ok:,} ok, {c.errors:,} error, {c.tokens:,} tokens, {rate:,.1f} rows/s",
         ]
-        priced = c.cost(self._prices)
-        if priced is not None:
-            total, unpriced = priced
-            figures.update(cost=round(total, 6), currency=self._currency)
-            lines[-1] += f", {total:,.4f} {self._currency}"
-            if unpriced:
-                lines.append(f"no price in report.prices for: {', '.join(unpriced)}")
+        if c.cost is not None:
+            lines[-1] += f", {c.cost:,.4f} {c.currency}"
         if c.left_after() and outcome == "finished":
             lines.append(f"--limit {c.limit}: {c.left_after():,} rows remain; run again without --limit to finish")
         if self._output:
@@ -261,6 +231,7 @@ class Reporter:
         figures = (
             f"elapsed {_clock(f['elapsed_s'])}  eta {eta}  {f['requests_per_min']:,.0f} req/min  "
             f"{f['tokens_per_min']:,.0f} tok/min  errors {f['errors']:,}  429s {f['rate_limited_429']:,}"
+            + ("" if f["cost"] is None else f"  {f['cost']:,.4f} {f['currency']}")
         )
         lines: list[Any] = [top, Text(figures, no_wrap=True, overflow="ellipsis")]
         if c.limit is not None:

@@ -127,6 +127,7 @@ class ResultBuilder:
             "completion_tokens": usage.get("completion_tokens"),
             "reasoning_tokens": details.get("reasoning_tokens"),
             "total_tokens": usage.get("total_tokens"),
+            "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
             "traffic_type": google.get("traffic_type"),
         }
 

@@ -20,6 +20,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("completion_tokens", pa.int64()),
     pa.field("reasoning_tokens", pa.int64()),
     pa.field("total_tokens", pa.int64()),
+    pa.field("cached_tokens", pa.int64()),
     pa.field("traffic_type", pa.string()),
     pa.field("attempts", pa.int32()),
     pa.field("latency_ms", pa.float64()),

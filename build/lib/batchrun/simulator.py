@@ -22,6 +22,7 @@ import base64
 import binascii
 import difflib
 import functools
+import hashlib
 import json
 import math
 import random
@@ -82,6 +83,7 @@ METADATA = {  # text answers of the metadata server, by path under /computeMetad
     "/instance/service-accounts/default/email": SERVICE_ACCOUNT,
 }
 STATUS_FAULTS = {"rate_429": 429, "rate_500": 500, "rate_503": 503}
+PROVISIONED_EXCEEDED = "Too many requests. Exceeded the Provisioned Throughput."  # Google's 429 for a full reservation
 PROXY_PAGE = (  # what a misrouted proxy or captive portal answers with a 200 in place of JSON
     "<!DOCTYPE html><html><head><title>Gateway</title></head><body><h1>Please wait</h1>"
     "<p>Your request is being processed.</p></body></html>"
@@ -113,7 +115,10 @@ class SimulatorConfig:
     token_fail_until: float = 0.0  # monotonic deadline: the token endpoint answers 503 until then
     require_auth: bool = True  # Vertex paths need a Bearer token this simulator issued
     api_key: str | None = None  # the key OpenAI-style paths accept (and Vertex paths refuse)
-    traffic_type: str = "ON_DEMAND"  # usage.extra_properties.google.traffic_type
+    traffic_type: str = "ON_DEMAND"  # usage.extra_properties.google.traffic_type of standard pay-as-you-go answers
+    provisioned_rpm: int | None = None  # the project's Provisioned Throughput, requests per sliding minute (None: none)
+    flex_latency_s: float = 0.05  # added to Flex PayGo answers, which are slow by design
+    cache_min_chars: int = 4096  # a system prompt this long is served from the implicit cache when it repeats
     max_body_bytes: int = 20 * 1024 * 1024  # bigger bodies get Vertex's 400
     record: bool = False  # keep every chat body for /_sim/requests
     echo_headers: bool = False  # error bodies repeat the request's headers (token endpoint: its form)
@@ -241,6 +246,8 @@ class Simulator:
     _statuses: array[int]  # 0: the connection was dropped
     _rpm: SlidingWindow
     _tpm: SlidingWindow
+    _provisioned: SlidingWindow
+    _cached_prefixes: set[bytes]  # system prompts seen, for implicit caching
     _seed: int
     _rng: random.Random
 
@@ -330,10 +337,13 @@ class Simulator:
         if not isinstance(body, dict):
             return self._error(400, route)
         conv = read_conversation(body.get("messages"))
-        self._note(request.path, body, conv.prompt)
+        self._note(request, body, conv.prompt)
         now = self.clock()
         if now < config.storm_until or not self._admit(now, conv.prompt_tokens):
             return self._error(429, route)
+        traffic_type = self._traffic_type(request.headers, now)
+        if traffic_type is None:
+            return self._error(429, route, PROVISIONED_EXCEEDED)
         fault = self._draw_fault()
         if fault in STATUS_FAULTS:
             return self._error(STATUS_FAULTS[fault], route)
@@ -351,13 +361,54 @@ class Simulator:
         except InvalidArgument as exc:
             return self._error(400, route, exc.message)
         self._charge(now, answer)
+        cached = self._cached_tokens(body.get("messages"))
         head = {"created": int(time.time()), "id": secrets.token_urlsafe(16), "model": model}
+        await self._tier_delay(traffic_type)
         if body.get("stream"):
-            events = [b"data: " + _dumps(c) + b"\n\n" for c in answer.chunks(head, config.traffic_type)]
+            chunks = answer.chunks(head, traffic_type)
+            _add_cached(chunks[-1]["usage"], cached)
+            events = [b"data: " + _dumps(c) + b"\n\n" for c in chunks]
             return await self._stream(request, [*events, b"data: [DONE]\n\n"], truncated)
         await asyncio.sleep(self._latency())
-        payload = _dumps(answer.completion(head, config.traffic_type))
+        completion = answer.completion(head, traffic_type)
+        _add_cached(completion["usage"], cached)
+        payload = _dumps(completion)
         return web.Response(body=self._cut(payload) if truncated else payload, content_type="application/json")
+
+    def _traffic_type(self, headers: Mapping[str, str], now: float) -> str | None:
+        """Which consumption option serves the request, as Vertex's headers choose it; None: dedicated and full.
+
+        `X-Vertex-AI-LLM-Request-Type: dedicated` is served by Provisioned Throughput or refused with 429,
+        `shared` never uses it, and no header uses it first while the reservation has room; the pay-as-you-go
+        tier follows `X-Vertex-AI-LLM-Shared-Request-Type` (flex, priority, else standard).
+        """
+        request_type = headers.get("X-Vertex-AI-LLM-Request-Type", "").lower()
+        if request_type != "shared":
+            limit = self.config.provisioned_rpm
+            if limit is not None and self._provisioned.fits(now, 1, limit):
+                self._provisioned.add(now, 1)
+                return "PROVISIONED_THROUGHPUT"
+            if request_type == "dedicated":
+                return None
+        tier = headers.get("X-Vertex-AI-LLM-Shared-Request-Type", "").lower()
+        return {"flex": "ON_DEMAND_FLEX", "priority": "ON_DEMAND_PRIORITY"}.get(tier, self.config.traffic_type)
+
+    async def _tier_delay(self, traffic_type: str) -> None:
+        """Flex answers take longer than the others."""
+        if traffic_type == "ON_DEMAND_FLEX" and self.config.flex_latency_s:
+            await asyncio.sleep(self.config.flex_latency_s)
+
+    def _cached_tokens(self, messages: object) -> int:
+        """Implicit caching: a long system prompt seen before is served from the cache (its tokens, 4 chars each)."""
+        first = messages[0] if isinstance(messages, list) and messages else None
+        text = first.get("content") if isinstance(first, dict) and first.get("role") == "system" else None
+        if not isinstance(text, str) or len(text) < self.config.cache_min_chars:
+            return 0
+        key = hashlib.sha256(text.encode()).digest()
+        if key not in self._cached_prefixes:
+            self._cached_prefixes.add(key)
+            return 0
+        return len(text) // 4
 
     def _auth_refusal(self, request: web.Request, route: _Route) -> web.Response | None:
         """401 unless the bearer is a live token (Vertex paths) or the API key (OpenAI-style paths)."""
@@ -376,11 +427,16 @@ class Simulator:
             return None
         return self._error(401, route, BAD_CREDENTIALS)
 
-    def _note(self, path: str, body: dict[str, Any], prompt: str) -> None:
-        """Count the request under its prompt (re-sends per row) and keep it when recording."""
+    def _note(self, request: web.Request, body: dict[str, Any], prompt: str) -> None:
+        """Count the request under its prompt (re-sends per row) and keep it, with its X- headers, when recording."""
         self._counts[prompt] += 1
         if self.config.record:
-            self._records.append({"body": body, "path": path})
+            record: dict[str, Any] = {"body": body, "path": request.path}
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower().startswith("x-") and not k.lower().startswith("x-stainless-")}  # not the SDK's own
+            if headers:
+                record["headers"] = headers
+            self._records.append(record)
 
     def _admit(self, now: float, prompt_tokens: int) -> bool:
         """Charge the configured rpm/tpm windows, or refuse without charging either."""
@@ -568,7 +624,8 @@ class Simulator:
         self._counts = Counter()
         self._records = []
         self._arrivals, self._statuses = array("d"), array("H")
-        self._rpm, self._tpm = SlidingWindow(), SlidingWindow()
+        self._rpm, self._tpm, self._provisioned = SlidingWindow(), SlidingWindow(), SlidingWindow()
+        self._cached_prefixes = set()
         self._seed = self.config.seed
         self._rng = random.Random(self._seed)
 
@@ -710,6 +767,12 @@ def _echoing(response: web.Response, extra: str) -> web.Response:
     error["message"] = f"{error['message']} ({extra})"
     retry_after = response.headers.get("Retry-After")
     return _json(body, status=response.status, headers={"Retry-After": retry_after} if retry_after else None)
+
+
+def _add_cached(usage: dict[str, Any], cached: int) -> None:
+    """Report prompt tokens served from the cache, as `usage.prompt_tokens_details.cached_tokens`."""
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, int(usage.get("prompt_tokens") or 0))}
 
 
 def _dumps(value: Any) -> bytes:

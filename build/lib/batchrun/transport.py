@@ -38,7 +38,8 @@ _DROPPED = ("disconnect", "reset", "refused", "closed", "broken pipe")
 class Transport:
     """Sends one Chat Completions attempt and returns the response as a dict."""
 
-    def __init__(self, base_url: str, *, timeout_s: float, concurrency: int, direct: bool = True) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float, concurrency: int, direct: bool = True,
+                 headers: Mapping[str, str] | None = None) -> None:
         self._base_url = base_url
         self._timeout_s = timeout_s
         self._connections = concurrency + 8
@@ -47,7 +48,8 @@ class Transport:
         self._proxy = _env_proxy(self._url)
         self._target = yarl.URL(self._url)  # parsed once, not per request
         self._headers = {"Accept": "application/json", "Content-Type": "application/json",
-                         "User-Agent": f"batchrun/{__version__} aiohttp/{aiohttp.__version__}"}
+                         "User-Agent": f"batchrun/{__version__} aiohttp/{aiohttp.__version__}", **(headers or {})}
+        self._extra_headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
         self._client: openai.AsyncOpenAI | None = None
         self._auth: tuple[str, CIMultiDict[str]] = ("", CIMultiDict())
@@ -123,6 +125,7 @@ class Transport:
             self._client = openai.AsyncOpenAI(
                 base_url=self._base_url,
                 api_key="set-per-request",
+                default_headers=self._extra_headers,
                 max_retries=0,
                 timeout=self._timeout_s,
                 http_client=openai.DefaultAioHttpClient(
