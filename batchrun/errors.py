@@ -4,6 +4,7 @@
     ├── SpecError                 the job spec is invalid (exit 2); names the YAML path and the fix
     ├── InputError                the input cannot be read at all (exit 2); names the file and line/row
     ├── OutputError               the output directory is another job's (exit 2) or cannot be written (exit 3)
+    ├── StorageError              Cloud Storage: no such bucket, access refused (exit 2), unreachable (exit 3)
     └── StoppedError              the run stopped early with every finished row saved (exit 3)
 
     RequestError                  one request failed; carried into an `error` row, never raised to the CLI
@@ -54,6 +55,17 @@ class OutputError(BatchrunError):
     def __init__(self, message: str, *, unwritable: bool = False) -> None:
         super().__init__(message)
         self.exit_code = EXIT_STOPPED if unwritable else EXIT_INVALID
+
+
+class StorageError(BatchrunError):
+    """Cloud Storage said no (a missing bucket, refused access) or could not be reached; names the bucket and cause.
+
+    Unreachable storage stops the run like a signal does (exit 3): run again once it answers.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.exit_code = EXIT_STOPPED if transient else EXIT_INVALID
 
 
 class StoppedError(BatchrunError):

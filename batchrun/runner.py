@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchrun.collector import PacedCollector
-from batchrun.errors import InputError, RequestError, SpecError, StoppedError
+from batchrun.errors import RequestError, SpecError, StoppedError
 from batchrun.limits import CapReached, CostCap, Limits
 from batchrun.prices import PriceBook, may_serve, price_book, require_cap_prices, row_usage
 from batchrun.progress import Counters, Reporter
@@ -70,8 +70,6 @@ def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
     """Validate the spec against the input and render its first rows; sends nothing."""
     source = Source(spec.input)
     summary = source.summarize(spec.output.keep_columns, shard.owns if shard else None)
-    if summary.rows == summary.broken:
-        raise InputError(f"{spec.input.path}: no line or row could be read; check the file format")
     renderer = Renderer(spec, summary.format)
     renderer.check_columns(summary.columns, spec.input.path)
     first: dict[str, Any] | None = None
@@ -128,6 +126,7 @@ class Runner:
             interactive=options.interactive,
             interval_s=options.log_interval_s,
             labels={"shard": options.shard.label, "attempt": options.attempt},
+            output=self.spec.output.path,
         )
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -157,6 +156,7 @@ class Runner:
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
+        counters.limit = options.limit
         if not options.interactive or options.attempt > 0:
             reporter.note(
                 "INFO",
@@ -221,10 +221,7 @@ class Runner:
                 + self._resume_hint
             )
         if limited:
-            self.reporter.note(
-                "INFO", f"--limit reached: {writer.rows_written} rows saved; run again without --limit to finish"
-            )
-            return 0
+            return 0  # the summary said how many rows --limit leaves
         await asyncio.to_thread(self._verify_complete)  # reads every part: off the loop
         return 0
 
