@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from batchrun import __version__
 from batchrun.errors import EXIT_BUG, EXIT_OK, EXIT_STOPPED, BatchrunError, StoppedError
 from batchrun.progress import log_event, structured_logging
 from batchrun.redact import redact
@@ -19,6 +20,7 @@ from batchrun.spec import JobSpec, load_spec
 def _parser() -> argparse.ArgumentParser:
     """The command line of design.md section 2."""
     parser = argparse.ArgumentParser(prog="batchrun", description="Bulk Chat Completions jobs to Parquet.")
+    parser.add_argument("--version", action="version", version=f"batchrun {__version__} (distribution batchrun-vertex)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:

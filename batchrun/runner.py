@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchrun.collector import PacedCollector
-from batchrun.errors import InputError, RequestError, SpecError, StoppedError
+from batchrun.errors import RequestError, SpecError, StoppedError
 from batchrun.limits import CapReached, CostCap, Limits
 from batchrun.prices import PriceBook, may_serve, price_book, require_cap_prices, row_usage
 from batchrun.progress import Counters, Reporter
@@ -70,8 +70,6 @@ def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
     """Validate the spec against the input and render its first rows; sends nothing."""
     source = Source(spec.input)
     summary = source.summarize(spec.output.keep_columns, shard.owns if shard else None)
-    if summary.rows == summary.broken:
-        raise InputError(f"{spec.input.path}: no line or row could be read; check the file format")
     renderer = Renderer(spec, summary.format)
     renderer.check_columns(summary.columns, spec.input.path)
     first: dict[str, Any] | None = None
@@ -128,6 +126,7 @@ class Runner:
             interactive=options.interactive,
             interval_s=options.log_interval_s,
             labels={"shard": options.shard.label, "attempt": options.attempt},
+            output=self.spec.output.path,
         )
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
@@ -163,6 +162,7 @@ class Runner:
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
+        counters.limit = options.limit
         if not options.interactive or options.attempt > 0:
             reporter.note(
                 "INFO",
@@ -224,10 +224,7 @@ class Runner:
                 + self._resume_hint
             )
         if limited:
-            self.reporter.note(
-                "INFO", f"--limit reached: {writer.rows_written} rows saved; run again without --limit to finish"
-            )
-            return 0
+            return 0  # the summary said how many rows --limit leaves
         await asyncio.to_thread(self._verify_complete)  # reads every part: off the loop
         return 0
 
@@ -355,9 +352,8 @@ class Runner:
     async def _send(self, client: ChatClient, record: Record, body: dict[str, Any]) -> Row | None:
         """One row's request, retried by the client, as an ok or error row; None when the cost cap stopped the run."""
         builder = self._builder_for(body)
-        check = builder.check if builder.wants_json else None
         try:
-            answer = await client.complete(body, check)
+            answer = await client.complete(body, builder.check)
         except RequestError as exc:
             return builder.failed(record.id, exc, attempts=exc.attempts)
         except CapReached as exc:
@@ -365,8 +361,8 @@ class Runner:
             self.stop(exc.message)
             return None
         self._successes += 1
-        self.counters.tokens += int((answer.response.get("usage") or {}).get("total_tokens") or 0)
-        return builder.ok(record.id, answer.response, attempts=answer.attempts,
+        self.counters.tokens += int((answer.reply.response.get("usage") or {}).get("total_tokens") or 0)
+        return builder.ok(record.id, answer.reply, attempts=answer.attempts,
                           latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
 
     def _builder_for(self, body: dict[str, Any]) -> ResultBuilder:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchrun import storage
-from batchrun.errors import OutputError
+from batchrun.errors import OutputError, StorageError
 from batchrun.journal import Journal, fold, segments
 from batchrun.results import Row
 from batchrun.schema import output_schema
@@ -105,7 +105,7 @@ class Output:
         except OSError as exc:
             if not self._written_by_peer(fingerprint, identity):
                 raise OutputError(
-                    f"{self.path}: cannot write to the output directory ({exc.strerror}); "
+                    f"{self.path}: cannot write to the output directory ({exc.strerror or exc}); "
                     "free space or fix permissions and run again", unwritable=True
                 ) from None
         self._clean_temp()
@@ -386,9 +386,10 @@ class PartWriter:
                 except asyncio.CancelledError:
                     await write  # rows handed to the thread are committed (or reported) before giving up
                     raise
-            except OSError as exc:
+            except (OSError, StorageError) as exc:
+                reason = exc.message if isinstance(exc, StorageError) else exc.strerror or exc
                 self._failure = OutputError(
-                    f"{self._output.path}: writing {name} failed ({exc.strerror or exc}); "
+                    f"{self._output.path}: writing {name} failed ({reason}); "
                     f"{self.rows_written} rows saved before stay; free space or fix permissions and run again",
                     unwritable=True,
                 )

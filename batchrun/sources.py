@@ -54,6 +54,11 @@ class Source:
         self.path = spec.path
         if not storage.exists(self.path):
             raise InputError(f"{self.path}: input file not found (check input.path in the job spec)")
+        if storage.is_dir(self.path):
+            raise InputError(
+                f"{self.path}: is a directory, not an input file; set input.path to one .jsonl/.ndjson or "
+                ".parquet file in it"
+            )
         self.kind = _kind_of(self.path)
         self.format = spec.format if spec.format != "auto" else self._detect_format()
 
@@ -100,6 +105,12 @@ class Source:
         if key is None:
             return str(row)
         value = data.get(key)
+        if key not in data and row == 0:
+            columns = ", ".join(data) or "none"
+            raise InputError(
+                f"{self.path}:{self.where} {line}: no id column '{key}'; its columns are: {columns} "
+                "(set input.id_column to one of them, or remove it to number the rows)"
+            )
         if value is None or value == "":
             raise InputError(
                 f"{self.path}:{self.where} {line}: no value in id column '{key}' "
@@ -131,9 +142,12 @@ class Source:
         """One JSONL line as a record, or the message that says what is wrong with it and how to fix it."""
         where = f"{self.path}:line {line_no}"
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a byte-order mark, as Windows tools write one, is not part of the JSON
         except UnicodeDecodeError as exc:
-            return None, f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8"
+            return None, (
+                f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8, "
+                f"e.g. iconv -f latin1 -t utf-8 {self.path} > fixed.jsonl"
+            )
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -175,6 +189,7 @@ class Source:
         """One full pass: count rows (and this shard's), reject missing or duplicate ids, learn the columns."""
         hashes = array("q")  # 8 bytes an id: a dict of every id would not fit a million-row input in memory
         rows = owned = broken = 0
+        first_error: str | None = None
         sample: list[dict[str, Any]] = []
         for batch in self.batches(columns=self._id_columns()):
             for record in batch:
@@ -183,12 +198,15 @@ class Source:
                     owned += 1
                 if record.data is None:
                     broken += 1
+                    first_error = first_error or record.error
                     continue
                 if len(sample) < _SAMPLE_ROWS:
                     sample.append(record.data)
                 hashes.append(hash(record.id))
         if rows == 0:
             raise InputError(f"{self.path}: the input has no rows; nothing to do")
+        if broken == rows:
+            raise InputError(f"{self.path}: no line or row could be read; the first of {broken}: {first_error}")
         self._check_unique(hashes)
         columns, types = self._columns(sample, keep_columns)
         return InputSummary(

@@ -27,7 +27,8 @@ _OWN_HEADERS = {
     "x-vertex-ai-llm-request-type": "by endpoint.provisioned",
     "x-vertex-ai-llm-shared-request-type": "by endpoint.consumption",
 }
-_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# `$${` is a literal `${` (as in Docker Compose): `Price: $${price}` keeps the `{price}` column placeholder.
+_ENV_PATTERN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Strict(BaseModel):
@@ -246,10 +247,12 @@ class _UnsetVariable(SpecError):
 
 
 def expand_env(value: Any, loc: Loc = ()) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string, naming the YAML path of an unset variable."""
+    """Replace ${VAR} and ${VAR:-default} (and `$${` by `${`) in every string, naming the path of an unset one."""
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
             name, default = match.group(1), match.group(2)
             found = os.environ.get(name)
             if found is not None and (found or default is None):
@@ -258,7 +261,8 @@ def expand_env(value: Any, loc: Loc = ()) -> Any:
                 return default
             raise _UnsetVariable(
                 f"{_dotted(loc) or 'spec'}: environment variable {name} is not set "
-                f"(export {name}=..., or write ${{{name}:-default}})",
+                f"(export {name}=..., write ${{{name}:-default}}, or $${{{name}}} for a literal ${{{name}}}"
+                + (f": a $ before the {{{name}}} column)" if loc[:1] == ("request",) else ")"),
                 loc,
             )
 
@@ -366,6 +370,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+_UNCLOSED = {"quoted scalar": "close the quote", "flow sequence": "close the [", "flow mapping": "close the {"}
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where the YAML goes wrong and why; an unclosed quote or bracket is named where it opens, not at the end."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    while_doing = getattr(exc, "context", None) or ""
+    opened = next((hint for what, hint in _UNCLOSED.items() if what in while_doing), None)
+    if opened and context is not None and mark is not None and context.line != mark.line:
+        return (
+            f"line {context.line + 1}, column {context.column + 1}: not valid YAML ({while_doing} that "
+            f"starts here, {problem} at line {mark.line + 1}); {opened}"
+        )
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return f"{where}not valid YAML ({problem})"
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Read, expand and validate a YAML job spec; every relative path in it resolves against the CWD."""
     spec_path = str(path)
@@ -378,10 +400,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{spec_path}:{where}: not valid YAML ({problem})") from None
+        raise SpecError(f"{spec_path}: {_yaml_problem(exc)}") from None
     if isinstance(raw, dict) and overrides:
         raw = apply_overrides(raw, overrides)
     return parse_spec(raw, str(spec_path), yaml_lines(text))

@@ -82,34 +82,6 @@ def test_the_cloud_run_spec_validates_and_the_commands_have_every_flag(monkeypat
         assert flag in commands, flag
 
 
-def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) per Dockerfile instruction, continuation lines joined."""
-    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
-
-
-def test_dockerfile_is_small_non_root_and_caches_dependencies_apart_from_code() -> None:
-    """Checked statically (no Docker engine here): a slim base, dependencies installed from pyproject.toml
-    before the code is copied, a non-root USER, and `batchrun` as the entrypoint."""
-    steps = dockerfile()
-    assert steps[0] == ("FROM", "python:3.11-slim")
-    index = {f"{op} {args}": i for i, (op, args) in enumerate(steps)}
-    deps = next(i for i, (op, args) in enumerate(steps) if op == "RUN" and "pip install -r" in args)
-    assert index["COPY pyproject.toml ./"] < deps < index["COPY batchrun ./batchrun"]
-    users = [args for op, args in steps if op == "USER"]
-    assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert steps[-2:] == [("ENTRYPOINT", '["batchrun"]'), ("CMD", '["--help"]')]
-    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
-    for op, args in steps:
-        if op == "COPY":
-            source = args.split()[0]
-            assert (REPO / source).exists() and source not in ignored, source
-    scripts = (REPO / "pyproject.toml").read_text()
-    assert 'batchrun = "batchrun.cli:main"' in scripts
-
-
 def test_readme_links_the_guides() -> None:
     """A user finds the Cloud Run and analyst guides from the README."""
     readme = (REPO / "README.md").read_text()
