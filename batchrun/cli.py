@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from batchrun import __version__
 from batchrun.errors import EXIT_BUG, EXIT_OK, EXIT_STOPPED, BatchrunError, StoppedError
 from batchrun.progress import log_event, structured_logging
 from batchrun.redact import redact
@@ -19,6 +20,7 @@ from batchrun.spec import JobSpec, load_spec
 def _parser() -> argparse.ArgumentParser:
     """The command line of design.md section 2."""
     parser = argparse.ArgumentParser(prog="batchrun", description="Bulk Chat Completions jobs to Parquet.")
+    parser.add_argument("--version", action="version", version=f"batchrun {__version__} (distribution batchrun-vertex)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -36,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="run task I of N (default: CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT)")
     run.add_argument("--log-interval", type=float, default=10.0, help="seconds between JSON progress lines")
     command("validate", "Check the spec and the input; print the row count and the first request.")
+    estimate = command("estimate", "Rows, tokens, the cost range per consumption option and the time at the limits; "
+                       "reads the input, sends nothing.")
+    estimate.add_argument("--sample", type=int, default=None, metavar="N",
+                          help="read only the first N rows and scale the figures to the whole input")
+    estimate.add_argument("--json", action="store_true", help="print JSON")
     status = command("status", "Done / error / pending counts from the output, in total and per shard.")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--shards", type=int, default=None, metavar="N",
@@ -87,6 +94,18 @@ def _validate(args: argparse.Namespace, spec: JobSpec) -> int:
           + (f", {summary.broken} unreadable (they become input error rows)" if summary.broken else ""))
     print("first request:")
     print(json.dumps(_shorten(prepared.first_request), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _estimate(args: argparse.Namespace, spec: JobSpec) -> int:
+    """`batchrun estimate`: everything a run checks first, then the job's size and cost; sends nothing."""
+    from batchrun.estimate import estimate_job, format_estimate
+    from batchrun.runner import prepare
+
+    if args.sample is not None and args.sample < 1:
+        raise BatchrunError("--sample must be 1 or more")
+    estimate = estimate_job(prepare(spec), args.sample)
+    print(json.dumps(estimate, indent=2) if args.json else format_estimate(estimate))
     return EXIT_OK
 
 
@@ -144,6 +163,7 @@ def _shorten(value: Any, key: str = "") -> Any:
 _COMMANDS: dict[str, Callable[[argparse.Namespace, JobSpec], int]] = {
     "run": _run,
     "validate": _validate,
+    "estimate": _estimate,
     "status": _status,
     "report": _report,
     "export": _export,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from batchrun import redact
 from batchrun.auth import CLOUD_PLATFORM, GoogleTokens, StaticKey, TokenSource
 from batchrun.errors import SpecError
 from batchrun.spec import EndpointSpec
@@ -19,6 +20,24 @@ class Connection:
     base_url: str
     tokens: TokenSource
     is_google: bool
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request; values never logged
+
+
+def request_headers(spec: EndpointSpec) -> dict[str, str]:
+    """endpoint.headers plus the headers that choose Vertex's consumption option; values are registered as secrets.
+
+    As Google documents them: `X-Vertex-AI-LLM-Request-Type: dedicated` uses only Provisioned Throughput,
+    `shared` never uses it; `X-Vertex-AI-LLM-Shared-Request-Type: flex|priority` picks the pay-as-you-go tier.
+    Standard PayGo with Provisioned Throughput first is Vertex's default and sends neither.
+    """
+    headers = dict(spec.headers)
+    for value in headers.values():
+        redact.register(value)
+    if spec.provisioned != "first":
+        headers["X-Vertex-AI-LLM-Request-Type"] = "dedicated" if spec.provisioned == "only" else "shared"
+    if spec.consumption != "standard":
+        headers["X-Vertex-AI-LLM-Shared-Request-Type"] = spec.consumption
+    return headers
 
 
 def vertex_url(spec: EndpointSpec, host: str | None = None) -> str:
@@ -51,10 +70,10 @@ def connect(spec: EndpointSpec) -> Iterator[Connection]:
                 f"(export {spec.api_key_env}=<your API key>)"
             )
         assert spec.base_url is not None
-        yield Connection(spec.base_url.rstrip("/"), StaticKey(key), is_google=False)
+        yield Connection(spec.base_url.rstrip("/"), StaticKey(key), is_google=False, headers=request_headers(spec))
         return
     base = spec.base_url.rstrip("/") if spec.base_url else vertex_url(spec)
-    yield Connection(base, GoogleTokens.from_environment(), is_google=True)
+    yield Connection(base, GoogleTokens.from_environment(), is_google=True, headers=request_headers(spec))
 
 
 @contextmanager
@@ -71,4 +90,5 @@ def _simulated(spec: EndpointSpec) -> Iterator[Connection]:
     with SimulatorThread(config) as simulator:
         info = make_service_account_info(f"{simulator.url}/token")
         credentials = service_account.Credentials.from_service_account_info(info, scopes=[CLOUD_PLATFORM])  # type: ignore[no-untyped-call]
-        yield Connection(vertex_url(spec, host=simulator.url), GoogleTokens(credentials), is_google=True)
+        yield Connection(vertex_url(spec, host=simulator.url), GoogleTokens(credentials), is_google=True,
+                         headers=request_headers(spec))

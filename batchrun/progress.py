@@ -1,4 +1,7 @@
-"""Run figures, shown as a rich progress bar on a terminal and as JSON log lines everywhere else."""
+"""Run figures: a live display on stderr when stderr is a terminal, JSON log lines everywhere else.
+
+stdout is never written during a run, so `batchrun run job.yaml | tee log` and `> file` stay clean.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +30,22 @@ class Counters:
     requests: int = 0
     rate_limited: int = 0
     tokens: int = 0
+    limit: int | None = None  # --limit: the run sends at most this many of the pending rows
+    cost: float | None = None  # what this run's answers cost so far, when their traffic types are priced
+    currency: str = "USD"
     started: float = field(default_factory=time.monotonic)
     _history: deque[tuple[float, int, int]] = field(default_factory=deque)
+
+    def to_send(self) -> int:
+        """Rows this run still means to send: the pending rows, or what --limit leaves of them."""
+        pending = max(self.total - self.already_done, 0)
+        target = pending if self.limit is None else min(self.limit, pending)
+        return max(target - self.done, 0)
+
+    def left_after(self) -> int:
+        """Pending rows that --limit leaves for a later run (0 without --limit)."""
+        pending = max(self.total - self.already_done, 0)
+        return 0 if self.limit is None else max(pending - self.limit, 0)
 
     def figures(self) -> dict[str, Any]:
         """The figures every report shows: rows done/total, req/min, tokens/min, errors, 429s, ETA."""
@@ -43,7 +60,7 @@ class Counters:
             span, requests_then, tokens_then = elapsed, 0, 0
         finished = self.already_done + self.done
         rate = self.done / elapsed
-        remaining = max(self.total - finished, 0)
+        remaining = self.to_send()
         return {
             "rows_done": finished,
             "rows_total": self.total,
@@ -53,6 +70,9 @@ class Counters:
             "tokens_per_min": round((self.tokens - tokens_then) / span * 60, 1),
             "rate_limited_429": self.rate_limited,
             "eta_s": round(remaining / rate, 1) if rate > 0 else None,
+            "elapsed_s": round(elapsed, 1),
+            "cost": None if self.cost is None else round(self.cost, 6),
+            "currency": self.currency,
         }
 
 
@@ -101,7 +121,7 @@ def _scrubbed(value: Any) -> Any:
 
 
 class Reporter:
-    """Shows progress until stopped: a rich bar on a TTY, a JSON line per interval otherwise."""
+    """Shows progress until stopped, then a summary: a live display on a TTY, a JSON line per interval otherwise."""
 
     def __init__(
         self,
@@ -111,12 +131,14 @@ class Reporter:
         interactive: bool,
         interval_s: float = 10.0,
         labels: dict[str, Any] | None = None,
+        output: str = "",
     ) -> None:
         self._counters = counters
         self._job = job
         self._interactive = interactive
         self._interval = interval_s
         self._labels = {"job": job, **(labels or {})}
+        self._output = output
         self._task: asyncio.Task[None] | None = None
 
     def note(self, severity: str, message: str, **fields: Any) -> None:
@@ -130,19 +152,42 @@ class Reporter:
     def start(self) -> None:
         """Begin reporting in the background."""
         self._task = asyncio.get_running_loop().create_task(
-            self._bar() if self._interactive else self._lines()
+            self._live() if self._interactive else self._lines()
         )
 
     async def stop(self, outcome: str = "finished") -> None:
-        """Stop reporting and print the final figures, saying whether the run finished or stopped."""
+        """Stop reporting and print the summary, saying whether the run finished or stopped."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if not self._interactive:
-            figures = self._counters.figures()
-            message = f"{self._job}: {outcome}, {figures['rows_done']}/{figures['rows_total']} rows"
-            log_event("INFO" if outcome == "finished" else "WARNING", message, **self._labels, **figures)
+        figures, lines = self.summary(outcome, short_name=self._interactive)
+        if self._interactive:
+            sys.stderr.write("\n".join(redact(line) for line in lines) + "\n")
+            sys.stderr.flush()
+        else:
+            log_event("INFO" if outcome == "finished" else "WARNING", "; ".join(lines), **self._labels, **figures)
+
+    def summary(self, outcome: str, *, short_name: bool = False) -> tuple[dict[str, Any], list[str]]:
+        """The run's closing figures and the short lines that say them (within 80 columns with `short_name`)."""
+        c = self._counters
+        figures = c.figures()
+        elapsed = figures["elapsed_s"]
+        rate = c.done / elapsed if elapsed > 0 else 0.0
+        figures.update(rows_per_s=round(rate, 2), tokens=c.tokens, output=self._output,
+                       rows_left_by_limit=c.left_after())
+        lines = [
+            f"{_shortened(self._job) if short_name else self._job}: {outcome} after {_clock(elapsed)}, "
+            f"{figures['rows_done']:,}/{figures['rows_total']:,} rows done",
+            f"this run: {c.ok:,} ok, {c.errors:,} error, {c.tokens:,} tokens, {rate:,.1f} rows/s",
+        ]
+        if c.cost is not None:
+            lines[-1] += f", {c.cost:,.4f} {c.currency}"
+        if c.left_after() and outcome == "finished":
+            lines.append(f"--limit {c.limit}: {c.left_after():,} rows remain; run again without --limit to finish")
+        if self._output:
+            lines.append(f"output: {self._output}")
+        return figures, lines
 
     async def _lines(self) -> None:
         """A JSON log line every interval."""
@@ -156,32 +201,53 @@ class Reporter:
                 **figures,
             )
 
-    async def _bar(self) -> None:
-        """A rich progress bar with the figures beside it, redrawn twice a second."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    async def _live(self) -> None:
+        """The live display on stderr (the stream that was found to be a terminal), redrawn twice a second."""
+        from rich.console import Console
+        from rich.live import Live
 
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        task = progress.add_task(self._job, total=self._counters.total, detail="")
-        with progress:
-            try:
-                while True:
-                    self._draw(progress, task)
-                    await asyncio.sleep(0.5)
-            finally:
-                self._draw(progress, task)
+        console = Console(stderr=True)
+        with Live(self._frame(console.width), console=console, auto_refresh=False, transient=True) as live:
+            while True:
+                live.update(self._frame(console.width), refresh=True)
+                await asyncio.sleep(0.5)
 
-    def _draw(self, progress: Any, task: Any) -> None:
-        """Update the bar from the counters."""
-        f = self._counters.figures()
-        detail = (
-            f"{f['requests_per_min']:.0f} req/min  {f['tokens_per_min']:.0f} tok/min  "
-            f"errors {f['errors']}  429s {f['rate_limited_429']}"
+    def _frame(self, width: int) -> Any:
+        """Two lines that fit `width` columns: name, bar and counts; then elapsed, ETA, rates and errors."""
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        c = self._counters
+        f = c.figures()
+        count = f"{f['rows_done']:,}/{f['rows_total']:,}"
+        name = _shortened(self._job)
+        bar_width = max(width - len(name) - len(count) - 3, 5)
+        top = Table.grid(padding=(0, 1))
+        top.add_row(Text(name, style="bold"),
+                    ProgressBar(total=max(f["rows_total"], 1), completed=f["rows_done"], width=bar_width), count)
+        eta = "--:--" if f["eta_s"] is None else _clock(f["eta_s"])
+        figures = (
+            f"elapsed {_clock(f['elapsed_s'])}  eta {eta}  {f['requests_per_min']:,.0f} req/min  "
+            f"{f['tokens_per_min']:,.0f} tok/min  errors {f['errors']:,}  429s {f['rate_limited_429']:,}"
+            + ("" if f["cost"] is None else f"  {f['cost']:,.4f} {f['currency']}")
         )
-        progress.update(task, completed=f["rows_done"], detail=detail)
+        lines: list[Any] = [top, Text(figures, no_wrap=True, overflow="ellipsis")]
+        if c.limit is not None:
+            note = f"--limit {c.limit}: the eta covers this run's rows; {c.left_after():,} more remain after it"
+            lines.append(Text(note, no_wrap=True, overflow="ellipsis"))
+        return Group(*lines)
+
+
+def _shortened(name: str, width: int = 24) -> str:
+    """A job name cut to `width` characters, so the screen's lines fit 80 columns."""
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as H:MM:SS (M:SS under an hour)."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchrun.collector import PacedCollector
-from batchrun.errors import InputError, RequestError, SpecError, StoppedError
-from batchrun.limits import Limits
+from batchrun.errors import RequestError, SpecError, StoppedError
+from batchrun.limits import CapReached, CostCap, Limits
+from batchrun.prices import PriceBook, may_serve, price_book, require_cap_prices, row_usage
 from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
 from batchrun.results import ResultBuilder, Row, input_error
@@ -61,14 +63,13 @@ class Prepared:
     summary: InputSummary
     renderer: Renderer
     first_request: dict[str, Any] | None
+    prices: PriceBook  # report.prices, and genai-prices' when limits.max_cost needs them
 
 
 def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
     """Validate the spec against the input and render its first rows; sends nothing."""
     source = Source(spec.input)
     summary = source.summarize(spec.output.keep_columns, shard.owns if shard else None)
-    if summary.rows == summary.broken:
-        raise InputError(f"{spec.input.path}: no line or row could be read; check the file format")
     renderer = Renderer(spec, summary.format)
     renderer.check_columns(summary.columns, spec.input.path)
     first: dict[str, Any] | None = None
@@ -90,7 +91,16 @@ def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
             f"none of the first rows of {spec.input.path} renders into a request: "
             "check request.prompt placeholders against the input's columns"
         )
-    return Prepared(spec, source, summary, renderer, first)
+    return Prepared(spec, source, summary, renderer, first, _run_prices(spec))
+
+
+def _run_prices(spec: JobSpec) -> PriceBook:
+    """The prices a run meters its cost with; with limits.max_cost every traffic type it may hit must have one."""
+    if spec.limits.max_cost is None:
+        return price_book(spec, library=False)  # genai-prices takes seconds to load: only a cap needs it
+    book = price_book(spec, wanted=may_serve(spec))
+    require_cap_prices(spec, book)
+    return book
 
 
 class Runner:
@@ -116,12 +126,14 @@ class Runner:
             interactive=options.interactive,
             interval_s=options.log_interval_s,
             labels={"shard": options.shard.label, "attempt": options.attempt},
+            output=self.spec.output.path,
         )
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._stop_reason: str | None = None
         self._held: list[Row] = []
         self._successes = 0
+        self._resume_hint = "Run the same command again to resume"
 
     async def run(self) -> int:
         """Run to completion or to a stop; returns the exit code."""
@@ -133,6 +145,12 @@ class Runner:
         output, options = self.output, self.options
         output.prepare(self.spec.fingerprint(), self.prepared.summary.identity, force=options.force)
         reporter = self.reporter
+        writer = PartWriter(
+            output, self.schema, flush_rows=self.spec.output.flush_rows, flush_seconds=self.spec.output.flush_seconds
+        )
+        recovered = writer.recover()
+        if recovered:
+            reporter.note("INFO", f"{recovered} answers the last run had journaled but not saved are saved now")
         if options.retry_errors:
             dropped, left = output.drop_errors(options.shard)
             reporter.note("INFO", f"--retry-errors: {dropped} error rows will be sent again")
@@ -140,10 +158,11 @@ class Runner:
                 reporter.note("WARNING", f"--retry-errors: {left} error rows of this shard are in parts written by a "
                               f"job with another task count and stay; run --retry-errors as one task (no --shard, "
                               "no CLOUD_RUN_TASK_COUNT) to send them again")
-        done = SavedIds(options.shard.owned(output.done_ids()))
+        done = output.saved(options.shard)
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
+        counters.limit = options.limit
         if not options.interactive or options.attempt > 0:
             reporter.note(
                 "INFO",
@@ -153,17 +172,15 @@ class Runner:
                 rows_total=counters.total,
                 rows_saved=counters.already_done,
             )
-        writer = PartWriter(
-            output, self.schema, flush_rows=self.spec.output.flush_rows, flush_seconds=self.spec.output.flush_seconds
-        )
         self._install_signals()
         from batchrun.client import ChatClient  # HTTP and auth are imported only by a run, not by validate
         from batchrun.endpoints import connect
 
+        limits = Limits(self.spec.limits, share=options.shard.share, cost=await self._cost_cap())
+        if limits.cost is not None:
+            counters.cost, counters.currency = 0.0, limits.cost.currency
         with connect(self.spec.endpoint) as connection:
-            limits = Limits(self.spec.limits, share=options.shard.share)
             client = ChatClient(connection, self.spec.retry, limits, counters,
-                                concurrency=self.spec.limits.concurrency,
                                 direct=self.spec.endpoint.transport == "direct")
             writer.start()
             reporter.start()
@@ -177,6 +194,25 @@ class Runner:
                     await client.close()
         return await self._exit_code(writer, limited)
 
+    async def _cost_cap(self) -> CostCap | None:
+        """The cost ledger: limits.max_cost (this task's share) less what this shard's saved rows cost, or just a
+        meter for the progress line when some price is known; None when nothing is priced."""
+        book, cap = self.prepared.prices, self.spec.limits.max_cost
+        if cap is None:
+            return CostCap(math.inf, book, []) if book.prices else None
+        spent = await asyncio.to_thread(self._saved_cost, book)
+        ledger = CostCap(cap * self.options.shard.share, book, may_serve(self.spec), spent=spent)
+        self.reporter.note("INFO", f"{self.spec.name}: limits.max_cost {ledger.limit:g} {book.currency}, "
+                           f"{spent:.4f} spent by the rows already saved", cost_saved=round(spent, 6))
+        return ledger
+
+    def _saved_cost(self, book: PriceBook) -> float:
+        """What the rows this shard already saved cost (an unpriced row counts as nothing: it cannot be known)."""
+        columns = ["id", "traffic_type", "prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens",
+                   "cached_tokens"]
+        owns = self.options.shard.owns
+        return sum(book.cost(row_usage(row)) or 0.0 for row in self.output.scan(columns) if owns(row["id"]))
+
     async def _exit_code(self, writer: PartWriter, limited: bool) -> int:
         """0 when every row has a final result (or --limit was reached), else raise the reason to stop."""
         if writer.failure is not None:
@@ -185,19 +221,17 @@ class Runner:
             raise StoppedError(
                 f"{self._stop_reason}; {writer.rows_written} rows saved this run, "
                 f"{self.counters.total - self.counters.already_done - self.counters.done} pending. "
-                "Run the same command again to resume"
+                + self._resume_hint
             )
         if limited:
-            self.reporter.note(
-                "INFO", f"--limit reached: {writer.rows_written} rows saved; run again without --limit to finish"
-            )
-            return 0
+            return 0  # the summary said how many rows --limit leaves
         await asyncio.to_thread(self._verify_complete)  # reads every part: off the loop
         return 0
 
     def _verify_complete(self) -> None:
         """Read back which ids are saved: exit 0 only when every row of this shard is on disk."""
-        missing = self.prepared.summary.owned - self.output.count_ids(self.options.shard.owned)
+        shard = self.options.shard
+        missing = self.prepared.summary.owned - self.output.count_ids(None if shard.count == 1 else shard.owns)
         if missing > 0:
             raise StoppedError(
                 f"{missing} rows of this run have no saved result in {self.output.path}; "
@@ -225,7 +259,7 @@ class Runner:
 
     async def _pool(self, client: ChatClient, writer: PartWriter, done: SavedIds) -> bool:
         """Feed the workers and wait for them; returns True when --limit cut the run short."""
-        concurrency = self.spec.limits.concurrency
+        concurrency = client.concurrency
         queue: RowQueue = asyncio.Queue(maxsize=min(concurrency * 2, 256))
         workers = [asyncio.create_task(self._worker(queue, client, writer)) for _ in range(concurrency)]
         producer = asyncio.create_task(self._produce(queue, writer, done, client))
@@ -306,6 +340,8 @@ class Runner:
                     self._finish(writer, self._unrenderable(record, exc))
                     continue
             row = await self._send(client, record, body)
+            if row is None:
+                return
             self._finish(writer, row, record)
 
     def _unrenderable(self, record: Record, exc: RowInputError) -> Row:
@@ -313,18 +349,20 @@ class Runner:
         where = f"{self.prepared.source.path}:{self.prepared.source.where} {record.line}"
         return input_error(record.id, f"{where}: {exc}")
 
-    async def _send(self, client: ChatClient, record: Record, body: dict[str, Any]) -> Row:
-        """One row's request, retried by the client, as an ok or error row."""
+    async def _send(self, client: ChatClient, record: Record, body: dict[str, Any]) -> Row | None:
+        """One row's request, retried by the client, as an ok or error row; None when the cost cap stopped the run."""
         builder = self._builder_for(body)
-        check = builder.check if builder.wants_json else None
-        estimate = _estimate(body) if client.needs_estimate else 0
         try:
-            answer = await client.complete(body, estimate, check)
+            answer = await client.complete(body, builder.check)
         except RequestError as exc:
             return builder.failed(record.id, exc, attempts=exc.attempts)
+        except CapReached as exc:
+            self._resume_hint = ""
+            self.stop(exc.message)
+            return None
         self._successes += 1
-        self.counters.tokens += int((answer.response.get("usage") or {}).get("total_tokens") or 0)
-        return builder.ok(record.id, answer.response, attempts=answer.attempts,
+        self.counters.tokens += int((answer.reply.response.get("usage") or {}).get("total_tokens") or 0)
+        return builder.ok(record.id, answer.reply, attempts=answer.attempts,
                           latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
 
     def _builder_for(self, body: dict[str, Any]) -> ResultBuilder:
@@ -386,13 +424,6 @@ async def _close(queue: RowQueue, workers: int) -> None:
     """One end-of-work marker per worker, queued behind the last rows."""
     for _ in range(workers):
         await queue.put(None)
-
-
-def _estimate(body: dict[str, Any]) -> int:
-    """Tokens a request may use before it is sent: ~4 characters a token, plus the answer budget."""
-    text = json.dumps(body.get("messages", []), ensure_ascii=False)
-    budget = body.get("max_completion_tokens") or body.get("max_tokens") or 256
-    return len(text) // 4 + int(budget)
 
 
 def run_job(spec: JobSpec, options: RunOptions) -> int:

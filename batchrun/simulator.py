@@ -11,7 +11,8 @@ One aiohttp app serves what a batch job talks to on Google Cloud:
     POST /_sim/config, /_sim/reset                               change faults at runtime; zero the figures
 
 A chat request meets, in order: auth, body size, storm, quota, random faults, then the answer
-(`sim_answers`, deterministic for the same body). Errors have Google's list bodies.
+(`sim_answers`, deterministic for the same body), broken into one of BROKEN_SHAPES on a fraction
+`rate_broken` of answers when `broken_answer` names one. Errors have Google's list bodies.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import base64
 import binascii
 import difflib
 import functools
+import hashlib
 import json
 import math
 import random
@@ -52,6 +54,20 @@ HANG_S = 3600.0  # a "hang" outlives any client timeout
 SHUTDOWN_S = 0.5  # stop() does not wait for hanging handlers
 MAX_READ_BYTES = 1 << 30  # aiohttp's own cap; max_body_bytes is checked after reading, as Vertex answers 400
 FAULTS = ("rate_429", "rate_500", "rate_503", "rate_reset", "rate_hang", "rate_truncated", "rate_not_json")
+BROKEN_SHAPES = {  # what a 200 can carry that is not a whole answer (docs/reliability.md, "Broken answers")
+    "error_body": 'a JSON body {"error": {...}} (the error of `broken_status`)',
+    "error_list_body": 'Google\'s list form [{"error": {...}}]',
+    "empty_choices": '"choices": []',
+    "no_choices": "a completion without `choices`",
+    "bad_media": "`audio.data` that is not base64",
+    "stream_cut": "a stream that ends before its finish chunk, without [DONE]",
+    "stream_error": 'a stream with a `data: {"error": {...}}` event after its first chunk',
+    "stream_error_list": 'a stream with a `data: [{"error": {...}}]` event after its first chunk',
+    "json_for_stream": "a plain JSON completion in reply to `stream: true` (a whole answer)",
+}
+STREAM_SHAPES = ("stream_cut", "stream_error", "stream_error_list", "json_for_stream")  # streams only
+SSE_SHAPES = ("bad_media", "stream_cut", "stream_error", "stream_error_list")  # the rest answer a stream as JSON
+BAD_BASE64 = "not*base64*data!"
 CONVENIENCES = {"storm_for_s": "storm_until", "token_fail_for_s": "token_fail_until"}
 STATUS = {
     400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
@@ -82,6 +98,7 @@ METADATA = {  # text answers of the metadata server, by path under /computeMetad
     "/instance/service-accounts/default/email": SERVICE_ACCOUNT,
 }
 STATUS_FAULTS = {"rate_429": 429, "rate_500": 500, "rate_503": 503}
+PROVISIONED_EXCEEDED = "Too many requests. Exceeded the Provisioned Throughput."  # Google's 429 for a full reservation
 PROXY_PAGE = (  # what a misrouted proxy or captive portal answers with a 200 in place of JSON
     "<!DOCTYPE html><html><head><title>Gateway</title></head><body><h1>Please wait</h1>"
     "<p>Your request is being processed.</p></body></html>"
@@ -106,6 +123,9 @@ class SimulatorConfig:
     rate_truncated: float = 0.0  # 200 with half a body
     rate_not_json: float = 0.0  # 200 with an HTML page for a body
     rate_invalid_json_answer: float = 0.0  # response_format answers whose content is not JSON
+    broken_answer: str | None = None  # one of BROKEN_SHAPES, served on `rate_broken` of the answers
+    rate_broken: float = 0.0
+    broken_status: int = 500  # the status an error body or error event names
     retry_after_s: float | None = None  # 429s then carry Retry-After and a RetryInfo detail
     storm_until: float = 0.0  # monotonic deadline: every chat request gets 429 until then
     token_ttl_s: int = 3600  # expires_in of issued access tokens
@@ -113,7 +133,10 @@ class SimulatorConfig:
     token_fail_until: float = 0.0  # monotonic deadline: the token endpoint answers 503 until then
     require_auth: bool = True  # Vertex paths need a Bearer token this simulator issued
     api_key: str | None = None  # the key OpenAI-style paths accept (and Vertex paths refuse)
-    traffic_type: str = "ON_DEMAND"  # usage.extra_properties.google.traffic_type
+    traffic_type: str = "ON_DEMAND"  # usage.extra_properties.google.traffic_type of standard pay-as-you-go answers
+    provisioned_rpm: int | None = None  # the project's Provisioned Throughput, requests per sliding minute (None: none)
+    flex_latency_s: float = 0.05  # added to Flex PayGo answers, which are slow by design
+    cache_min_chars: int = 4096  # a system prompt this long is served from the implicit cache when it repeats
     max_body_bytes: int = 20 * 1024 * 1024  # bigger bodies get Vertex's 400
     record: bool = False  # keep every chat body for /_sim/requests
     echo_headers: bool = False  # error bodies repeat the request's headers (token endpoint: its form)
@@ -133,6 +156,10 @@ class SimulatorConfig:
                 hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(types)}"
                 raise ValueError(f"unknown simulator setting {key!r}{hint}")
             values[key] = _checked(key, value, types[key])
+        if values.get("broken_answer") not in (None, *BROKEN_SHAPES):
+            raise ValueError(f"unknown broken_answer {values['broken_answer']!r}; valid: {', '.join(BROKEN_SHAPES)}")
+        if values.get("broken_status", 500) not in STATUS:
+            raise ValueError(f"broken_status must be one of {', '.join(map(str, STATUS))}")
         return cls(**values)
 
 
@@ -146,6 +173,7 @@ class SimStats:
     hangs: int = 0
     truncated: int = 0
     not_json: int = 0
+    broken: int = 0
     tokens_issued: int = 0
     token_requests: int = 0
     in_flight: int = 0
@@ -241,6 +269,8 @@ class Simulator:
     _statuses: array[int]  # 0: the connection was dropped
     _rpm: SlidingWindow
     _tpm: SlidingWindow
+    _provisioned: SlidingWindow
+    _cached_prefixes: set[bytes]  # system prompts seen, for implicit caching
     _seed: int
     _rng: random.Random
 
@@ -330,10 +360,13 @@ class Simulator:
         if not isinstance(body, dict):
             return self._error(400, route)
         conv = read_conversation(body.get("messages"))
-        self._note(request.path, body, conv.prompt)
+        self._note(request, body, conv.prompt)
         now = self.clock()
         if now < config.storm_until or not self._admit(now, conv.prompt_tokens):
             return self._error(429, route)
+        traffic_type = self._traffic_type(request.headers, now)
+        if traffic_type is None:
+            return self._error(429, route, PROVISIONED_EXCEEDED)
         fault = self._draw_fault()
         if fault in STATUS_FAULTS:
             return self._error(STATUS_FAULTS[fault], route)
@@ -351,13 +384,101 @@ class Simulator:
         except InvalidArgument as exc:
             return self._error(400, route, exc.message)
         self._charge(now, answer)
+        cached = self._cached_tokens(body.get("messages"))
         head = {"created": int(time.time()), "id": secrets.token_urlsafe(16), "model": model}
-        if body.get("stream"):
-            events = [b"data: " + _dumps(c) + b"\n\n" for c in answer.chunks(head, config.traffic_type)]
-            return await self._stream(request, [*events, b"data: [DONE]\n\n"], truncated)
+        await self._tier_delay(traffic_type)
+        stream = bool(body.get("stream"))
+        shape = self._draw_broken(stream)
+        if stream and shape is not None and shape not in SSE_SHAPES:
+            stream = False  # a plain JSON body in reply to a stream
+        if stream:
+            chunks = answer.chunks(head, traffic_type)
+            _add_cached(chunks[-1]["usage"], cached)
+            return await self._stream(request, self._events(chunks, shape), truncated)
         await asyncio.sleep(self._latency())
-        payload = _dumps(answer.completion(head, config.traffic_type))
+        completion = answer.completion(head, traffic_type)
+        _add_cached(completion["usage"], cached)
+        payload = _dumps(self._broken(completion, shape))
         return web.Response(body=self._cut(payload) if truncated else payload, content_type="application/json")
+
+    def _draw_broken(self, stream: bool) -> str | None:
+        """The broken shape this answer gets, if any; drawn only when the switch is on, so seeded runs
+        without it see the same faults as before."""
+        config = self.config
+        if config.broken_answer is None or not config.rate_broken or self._rng.random() >= config.rate_broken:
+            return None
+        if not stream and config.broken_answer in STREAM_SHAPES:
+            return None
+        self.stats.broken += 1
+        return config.broken_answer
+
+    def _broken_error(self) -> dict[str, Any]:
+        """The error object a broken body or event carries: Google's fields, its code an HTTP status."""
+        status = self.config.broken_status
+        return {"code": status, "message": STATUS[status][1], "status": STATUS[status][0]}
+
+    def _broken(self, completion: dict[str, Any], shape: str | None) -> Any:
+        """A non-streamed completion, broken into `shape`."""
+        if shape == "error_body":
+            return {"error": self._broken_error()}
+        if shape == "error_list_body":
+            return [{"error": self._broken_error()}]
+        if shape == "empty_choices":
+            return {**completion, "choices": []}
+        if shape == "no_choices":
+            return {k: v for k, v in completion.items() if k != "choices"}
+        if shape == "bad_media":
+            message = completion["choices"][0].setdefault("message", {"role": "assistant", "content": None})
+            message["audio"] = {**(message.get("audio") or {}), "data": BAD_BASE64}
+        return completion
+
+    def _events(self, chunks: list[dict[str, Any]], shape: str | None) -> list[bytes]:
+        """A stream's SSE events ending in [DONE], or broken into `shape`."""
+        if shape == "bad_media":
+            delta = chunks[0]["choices"][0]["delta"]
+            delta["audio"] = {**(delta.get("audio") or {}), "data": BAD_BASE64}
+        events = [b"data: " + _dumps(c) + b"\n\n" for c in chunks]
+        if shape == "stream_cut":
+            return events[:-1]
+        if shape in ("stream_error", "stream_error_list"):
+            error: Any = {"error": self._broken_error()}
+            return [events[0], b"data: " + _dumps(error if shape == "stream_error" else [error]) + b"\n\n"]
+        return [*events, b"data: [DONE]\n\n"]
+
+    def _traffic_type(self, headers: Mapping[str, str], now: float) -> str | None:
+        """Which consumption option serves the request, as Vertex's headers choose it; None: dedicated and full.
+
+        `X-Vertex-AI-LLM-Request-Type: dedicated` is served by Provisioned Throughput or refused with 429,
+        `shared` never uses it, and no header uses it first while the reservation has room; the pay-as-you-go
+        tier follows `X-Vertex-AI-LLM-Shared-Request-Type` (flex, priority, else standard).
+        """
+        request_type = headers.get("X-Vertex-AI-LLM-Request-Type", "").lower()
+        if request_type != "shared":
+            limit = self.config.provisioned_rpm
+            if limit is not None and self._provisioned.fits(now, 1, limit):
+                self._provisioned.add(now, 1)
+                return "PROVISIONED_THROUGHPUT"
+            if request_type == "dedicated":
+                return None
+        tier = headers.get("X-Vertex-AI-LLM-Shared-Request-Type", "").lower()
+        return {"flex": "ON_DEMAND_FLEX", "priority": "ON_DEMAND_PRIORITY"}.get(tier, self.config.traffic_type)
+
+    async def _tier_delay(self, traffic_type: str) -> None:
+        """Flex answers take longer than the others."""
+        if traffic_type == "ON_DEMAND_FLEX" and self.config.flex_latency_s:
+            await asyncio.sleep(self.config.flex_latency_s)
+
+    def _cached_tokens(self, messages: object) -> int:
+        """Implicit caching: a long system prompt seen before is served from the cache (its tokens, 4 chars each)."""
+        first = messages[0] if isinstance(messages, list) and messages else None
+        text = first.get("content") if isinstance(first, dict) and first.get("role") == "system" else None
+        if not isinstance(text, str) or len(text) < self.config.cache_min_chars:
+            return 0
+        key = hashlib.sha256(text.encode()).digest()
+        if key not in self._cached_prefixes:
+            self._cached_prefixes.add(key)
+            return 0
+        return len(text) // 4
 
     def _auth_refusal(self, request: web.Request, route: _Route) -> web.Response | None:
         """401 unless the bearer is a live token (Vertex paths) or the API key (OpenAI-style paths)."""
@@ -376,11 +497,16 @@ class Simulator:
             return None
         return self._error(401, route, BAD_CREDENTIALS)
 
-    def _note(self, path: str, body: dict[str, Any], prompt: str) -> None:
-        """Count the request under its prompt (re-sends per row) and keep it when recording."""
+    def _note(self, request: web.Request, body: dict[str, Any], prompt: str) -> None:
+        """Count the request under its prompt (re-sends per row) and keep it, with its X- headers, when recording."""
         self._counts[prompt] += 1
         if self.config.record:
-            self._records.append({"body": body, "path": path})
+            record: dict[str, Any] = {"body": body, "path": request.path}
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower().startswith("x-") and not k.lower().startswith("x-stainless-")}  # not the SDK's own
+            if headers:
+                record["headers"] = headers
+            self._records.append(record)
 
     def _admit(self, now: float, prompt_tokens: int) -> bool:
         """Charge the configured rpm/tpm windows, or refuse without charging either."""
@@ -568,7 +694,8 @@ class Simulator:
         self._counts = Counter()
         self._records = []
         self._arrivals, self._statuses = array("d"), array("H")
-        self._rpm, self._tpm = SlidingWindow(), SlidingWindow()
+        self._rpm, self._tpm, self._provisioned = SlidingWindow(), SlidingWindow(), SlidingWindow()
+        self._cached_prefixes = set()
         self._seed = self.config.seed
         self._rng = random.Random(self._seed)
 
@@ -710,6 +837,12 @@ def _echoing(response: web.Response, extra: str) -> web.Response:
     error["message"] = f"{error['message']} ({extra})"
     retry_after = response.headers.get("Retry-After")
     return _json(body, status=response.status, headers={"Retry-After": retry_after} if retry_after else None)
+
+
+def _add_cached(usage: dict[str, Any], cached: int) -> None:
+    """Report prompt tokens served from the cache, as `usage.prompt_tokens_details.cached_tokens`."""
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, int(usage.get("prompt_tokens") or 0))}
 
 
 def _dumps(value: Any) -> bytes:

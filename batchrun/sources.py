@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 from array import array
@@ -9,7 +10,6 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -19,6 +19,7 @@ from batchrun.spec import InputSpec
 
 BATCH_ROWS = 2048
 _SAMPLE_ROWS = 1000
+_BUCKETS = 64  # the duplicate-id check counts hashes a bucket at a time
 
 
 @dataclass(slots=True)
@@ -53,6 +54,11 @@ class Source:
         self.path = spec.path
         if not storage.exists(self.path):
             raise InputError(f"{self.path}: input file not found (check input.path in the job spec)")
+        if storage.is_dir(self.path):
+            raise InputError(
+                f"{self.path}: is a directory, not an input file; set input.path to one .jsonl/.ndjson or "
+                ".parquet file in it"
+            )
         self.kind = _kind_of(self.path)
         self.format = spec.format if spec.format != "auto" else self._detect_format()
 
@@ -99,6 +105,12 @@ class Source:
         if key is None:
             return str(row)
         value = data.get(key)
+        if key not in data and row == 0:
+            columns = ", ".join(data) or "none"
+            raise InputError(
+                f"{self.path}:{self.where} {line}: no id column '{key}'; its columns are: {columns} "
+                "(set input.id_column to one of them, or remove it to number the rows)"
+            )
         if value is None or value == "":
             raise InputError(
                 f"{self.path}:{self.where} {line}: no value in id column '{key}' "
@@ -130,9 +142,12 @@ class Source:
         """One JSONL line as a record, or the message that says what is wrong with it and how to fix it."""
         where = f"{self.path}:line {line_no}"
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a byte-order mark, as Windows tools write one, is not part of the JSON
         except UnicodeDecodeError as exc:
-            return None, f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8"
+            return None, (
+                f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8, "
+                f"e.g. iconv -f latin1 -t utf-8 {self.path} > fixed.jsonl"
+            )
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -174,6 +189,7 @@ class Source:
         """One full pass: count rows (and this shard's), reject missing or duplicate ids, learn the columns."""
         hashes = array("q")  # 8 bytes an id: a dict of every id would not fit a million-row input in memory
         rows = owned = broken = 0
+        first_error: str | None = None
         sample: list[dict[str, Any]] = []
         for batch in self.batches(columns=self._id_columns()):
             for record in batch:
@@ -182,12 +198,15 @@ class Source:
                     owned += 1
                 if record.data is None:
                     broken += 1
+                    first_error = first_error or record.error
                     continue
                 if len(sample) < _SAMPLE_ROWS:
                     sample.append(record.data)
                 hashes.append(hash(record.id))
         if rows == 0:
             raise InputError(f"{self.path}: the input has no rows; nothing to do")
+        if broken == rows:
+            raise InputError(f"{self.path}: no line or row could be read; the first of {broken}: {first_error}")
         self._check_unique(hashes)
         columns, types = self._columns(sample, keep_columns)
         return InputSummary(
@@ -207,10 +226,7 @@ class Source:
 
     def _check_unique(self, hashes: array[int]) -> None:
         """Refuse duplicate ids, naming both lines; the file is read again only when two id hashes meet."""
-        values = pl.from_arrow(pa.Array.from_buffers(pa.int64(), len(hashes), [None, pa.py_buffer(hashes)]))
-        assert isinstance(values, pl.Series)
-        ordered = values.sort()  # a sort, not is_duplicated(): its hash tables took 100 MB at a million ids
-        suspects = set(ordered.filter(ordered == ordered.shift(1)).to_list())
+        suspects = _repeated(hashes)
         if not suspects:
             return
         first: dict[str, int] = {}
@@ -258,6 +274,18 @@ def _kind_of(path: str) -> str:
     if lowered.endswith((".parquet", ".pq")):
         return "parquet"
     raise InputError(f"{path}: unknown input type; use a .jsonl/.ndjson or .parquet file")
+
+
+def _repeated(hashes: array[int]) -> set[int]:
+    """The hashes that occur more than once, counted in 64 buckets so no structure the size of the input is built."""
+    buckets = [array("q") for _ in range(_BUCKETS)]
+    for value in hashes:
+        buckets[value % _BUCKETS].append(value)
+    repeated: set[int] = set()
+    for bucket in buckets:
+        if len(set(bucket)) != len(bucket):
+            repeated.update(value for value, n in collections.Counter(bucket).items() if n > 1)
+    return repeated
 
 
 def _json_type(values: list[Any]) -> pa.DataType:

@@ -19,7 +19,16 @@ from batchrun import storage
 from batchrun.errors import SpecError
 from batchrun.spec_files import inline_files
 
-_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DEFAULT_TIMEOUT_S = 120.0
+FLEX_TIMEOUT_S = 1800.0  # Google's maximum for a Flex PayGo request (its default is 20 minutes)
+_OWN_HEADERS = {
+    "authorization": "from the credentials",
+    "content-type": "application/json",
+    "x-vertex-ai-llm-request-type": "by endpoint.provisioned",
+    "x-vertex-ai-llm-shared-request-type": "by endpoint.consumption",
+}
+# `$${` is a literal `${` (as in Docker Compose): `Price: $${price}` keeps the `{price}` column placeholder.
+_ENV_PATTERN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Strict(BaseModel):
@@ -47,7 +56,44 @@ class EndpointSpec(_Strict):
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     transport: Literal["direct", "openai"] = "direct"  # direct: aiohttp POSTs; openai: every request via the SDK
+    consumption: Literal["standard", "flex", "priority"] = "standard"  # the pay-as-you-go tier (Vertex headers)
+    provisioned: Literal["first", "only", "never"] = "first"  # Provisioned Throughput first, only, or never
+    headers: dict[str, str] = Field(default_factory=dict)  # extra HTTP headers; values are secrets, never logged
     simulator: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        """Header names are HTTP tokens; the ones batchrun sets itself cannot be overridden here."""
+        for name in value:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            if name.lower() in _OWN_HEADERS:
+                raise ValueError(
+                    f"{name} is set by batchrun itself ({_OWN_HEADERS[name.lower()]}); remove it"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_consumption(self) -> EndpointSpec:
+        """Vertex's consumption options, refused where Google's endpoint would not honour them."""
+        chosen = [key for key in ("consumption", "provisioned") if key in self.model_fields_set]
+        if self.kind == "openai" and chosen:
+            raise ValueError(
+                f"{chosen[0]} chooses a Vertex AI consumption option; kind: openai servers have none "
+                "(remove it, or use kind: vertex)"
+            )
+        if self.consumption == "flex" and self.location != "global" and not self.base_url:
+            raise ValueError(
+                f"consumption: flex is served on the global endpoint only, not in {self.location} "
+                "(set endpoint.location: global)"
+            )
+        if self.provisioned == "only" and self.consumption != "standard":
+            raise ValueError(
+                f"provisioned: only sends every request to Provisioned Throughput, which has no "
+                f"{self.consumption} tier (set consumption: standard, or provisioned: first or never)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_kind(self) -> EndpointSpec:
@@ -104,18 +150,19 @@ class RequestSpec(_Strict):
 
 
 class LimitsSpec(_Strict):
-    """How hard batchrun may push the endpoint."""
+    """How hard batchrun may push the endpoint, and how much it may spend."""
 
     concurrency: int = Field(64, ge=1, le=10_000)
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
+    max_cost: float | None = Field(None, gt=0)  # in report.currency, priced from report.prices
 
 
 class RetrySpec(_Strict):
     """How failed attempts are retried."""
 
     max_attempts: int = Field(8, ge=1, le=100)
-    timeout_s: float = Field(120, gt=0)
+    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
     on_invalid_output: bool = True
 
 
@@ -129,10 +176,11 @@ class OutputSpec(_Strict):
 
 
 class PriceSpec(_Strict):
-    """What a million tokens cost for one traffic type; thinking tokens bill as output unless set."""
+    """What a million tokens cost for one traffic type; thinking bills as output, cached tokens as input, unless set."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0)
     reasoning: float | None = Field(None, ge=0)
 
 
@@ -164,6 +212,13 @@ class JobSpec(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _check_flex_timeout(self) -> JobSpec:
+        """Flex answers are slow by design: unless retry.timeout_s is set, an attempt may take 30 minutes."""
+        if self.endpoint.consumption == "flex" and "timeout_s" not in self.retry.model_fields_set:
+            return self.model_copy(update={"retry": self.retry.model_copy(update={"timeout_s": FLEX_TIMEOUT_S})})
+        return self
+
+    @model_validator(mode="after")
     def _check_model(self) -> JobSpec:
         if self.model is None and not self.endpoint.endpoint_id and self.input.format != "openai-batch":
             raise ValueError("model is required unless endpoint.endpoint_id names a self-deployed model")
@@ -192,10 +247,12 @@ class _UnsetVariable(SpecError):
 
 
 def expand_env(value: Any, loc: Loc = ()) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string, naming the YAML path of an unset variable."""
+    """Replace ${VAR} and ${VAR:-default} (and `$${` by `${`) in every string, naming the path of an unset one."""
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
             name, default = match.group(1), match.group(2)
             found = os.environ.get(name)
             if found is not None and (found or default is None):
@@ -204,7 +261,8 @@ def expand_env(value: Any, loc: Loc = ()) -> Any:
                 return default
             raise _UnsetVariable(
                 f"{_dotted(loc) or 'spec'}: environment variable {name} is not set "
-                f"(export {name}=..., or write ${{{name}:-default}})",
+                f"(export {name}=..., write ${{{name}:-default}}, or $${{{name}}} for a literal ${{{name}}}"
+                + (f": a $ before the {{{name}}} column)" if loc[:1] == ("request",) else ")"),
                 loc,
             )
 
@@ -312,6 +370,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+_UNCLOSED = {"quoted scalar": "close the quote", "flow sequence": "close the [", "flow mapping": "close the {"}
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where the YAML goes wrong and why; an unclosed quote or bracket is named where it opens, not at the end."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    while_doing = getattr(exc, "context", None) or ""
+    opened = next((hint for what, hint in _UNCLOSED.items() if what in while_doing), None)
+    if opened and context is not None and mark is not None and context.line != mark.line:
+        return (
+            f"line {context.line + 1}, column {context.column + 1}: not valid YAML ({while_doing} that "
+            f"starts here, {problem} at line {mark.line + 1}); {opened}"
+        )
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return f"{where}not valid YAML ({problem})"
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Read, expand and validate a YAML job spec; every relative path in it resolves against the CWD."""
     spec_path = str(path)
@@ -324,10 +400,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{spec_path}:{where}: not valid YAML ({problem})") from None
+        raise SpecError(f"{spec_path}: {_yaml_problem(exc)}") from None
     if isinstance(raw, dict) and overrides:
         raw = apply_overrides(raw, overrides)
     return parse_spec(raw, str(spec_path), yaml_lines(text))

@@ -23,12 +23,14 @@ def input_ids(spec: JobSpec) -> pl.Series:
 
 
 def shard_count(parts: list[str], requested: int | None) -> int:
-    """How many tasks to split the counts into: --shards, else the part names, else CLOUD_RUN_TASK_COUNT."""
+    """How many tasks to split the counts into: --shards, else the latest execution's task count (from the
+    part names, whose run stamps sort by time), else CLOUD_RUN_TASK_COUNT, else 1."""
     if requested is not None:
         return requested
-    counts = {shard.count for shard in map(shard_of_part, parts) if shard is not None}
-    if len(counts) == 1:
-        return counts.pop()
+    named = [(os.path.basename(part).split("-", 2)[-1], shard.count)
+             for part, shard in ((part, shard_of_part(os.path.basename(part))) for part in parts) if shard is not None]
+    if named:
+        return max(named)[1]
     env = os.environ.get("CLOUD_RUN_TASK_COUNT", "")
     return int(env) if env.isdigit() and int(env) > 0 else 1
 
@@ -56,9 +58,12 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
         .sort("shard")
     )
     part_counts: dict[int, int] = {}
-    for shard in map(shard_of_part, parts):
+    other_counts: dict[int, int] = {}
+    for shard in (shard_of_part(os.path.basename(part)) for part in parts):
         if shard is not None and shard.count == count:
             part_counts[shard.index] = part_counts.get(shard.index, 0) + 1
+        elif shard is not None:
+            other_counts[shard.count] = other_counts.get(shard.count, 0) + 1
     by_shard = {row["shard"]: row for row in per_shard.iter_rows(named=True)}
     shard_rows: list[dict[str, Any]] = []
     for index in range(count):
@@ -87,6 +92,7 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
         "duplicates": len(saved) - saved.get_column("id").n_unique(),
         "not_in_input": int((~saved.get_column("id").is_in(ids.implode())).sum()),
         "parts": len(parts),
+        "parts_of_other_task_counts": {str(tasks): n for tasks, n in sorted(other_counts.items())},
         "shards": shard_rows,
     }
 
@@ -102,6 +108,14 @@ def format_status(figures: dict[str, Any]) -> str:
         warnings.append(f"warning: {figures['duplicates']} ids appear more than once in the output")
     if figures["not_in_input"]:
         warnings.append(f"warning: {figures['not_in_input']} saved rows have ids that are not in the input")
+    others = figures["parts_of_other_task_counts"]
+    if others:
+        written = ", ".join(f"{n} by {tasks} tasks" for tasks, n in others.items())
+        warnings.append(
+            f"note: the rows are split as {len(figures['shards'])} tasks own them (the latest execution); "
+            f"part files written under other task counts ({written}) hold rows of several of these shards and "
+            "are counted in each row's shard but not in the parts column; --shards N splits another way"
+        )
     headers = ["shard", "rows", "done", "ok", "error", "pending", "parts"]
     table = tables.render("per shard:", headers, [[row[h] for h in headers] for row in figures["shards"]])
     return "\n".join([head, *warnings, "", table])

@@ -16,17 +16,21 @@ Whole files are written so that no reader ever sees half of one:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchrun.errors import OutputError
+from batchrun.errors import OutputError, StorageError
+
+T = TypeVar("T")
 
 TEMP_SUFFIX = ".tmp"
 
@@ -41,36 +45,111 @@ def _filesystem(path: str) -> Any:
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         # gcsfs 2026.x probes for zonal/HNS buckets over gRPC first, which an emulator never answers.
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    try:
-        import fsspec
-    except ImportError:
-        raise OutputError(f"{path}: gs:// paths need gcsfs: pip install 'batchrun[gcs]'") from None
     protocol = path.split("://", 1)[0]
     try:
-        return fsspec.filesystem(protocol)
+        import fsspec
+
+        filesystem = fsspec.filesystem(protocol)
     except (ImportError, ValueError) as exc:
-        raise OutputError(f"{path}: cannot open {protocol}:// storage ({exc}); pip install 'batchrun[gcs]'") from None
+        raise StorageError(
+            f"{path}: cannot open {protocol}:// storage ({exc}); gs:// needs gcsfs, which batchrun installs: "
+            "reinstall it from its checkout (pip install .)"
+        ) from None
+    # gcsfs logs a whole traceback when it gives up; _remote turns that failure into one line instead.
+    logging.getLogger("gcsfs").addFilter(_drop_give_up_records)
+    return filesystem
+
+
+def _drop_give_up_records(record: logging.LogRecord) -> bool:
+    """False for gcsfs's 'out of retries' / 'non-retriable' records, whose failure is raised as one clear line."""
+    message = record.getMessage()
+    return "out of retries" not in message and "non-retriable exception" not in message
+
+
+def _remote(path: str, operation: Callable[[Any], T]) -> T:
+    """Run one gcsfs call, turning a missing bucket, refused access or unreachable storage into a StorageError."""
+    fs = _filesystem(path)
+    try:
+        return operation(fs)
+    except FileNotFoundError:
+        bucket = _bucket(path)
+        if _remote(path, lambda f: f.exists(bucket)):
+            raise  # the object is missing, not the bucket: the caller says what that means
+        raise StorageError(
+            f"{path}: Cloud Storage bucket '{bucket}' does not exist; create it "
+            f"(gcloud storage buckets create gs://{bucket}) or fix the path"
+        ) from None
+    except Exception as exc:
+        failure = _storage_failure(path, fs, exc)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _bucket(path: str) -> str:
+    """The bucket of a gs:// URI."""
+    return path.split("://", 1)[1].split("/", 1)[0]
+
+
+def _storage_failure(path: str, fs: Any, exc: Exception) -> StorageError | None:
+    """The one-line error for a failed gcsfs call, or None for an exception that is not a storage failure."""
+    import aiohttp
+    import requests
+    from google.auth.exceptions import GoogleAuthError
+
+    code = getattr(exc, "code", None)
+    cause = " ".join(str(exc).split()) or type(exc).__name__
+    bucket = _bucket(path)
+    if isinstance(exc, GoogleAuthError):
+        return StorageError(
+            f"{path}: no credentials for Cloud Storage bucket '{bucket}' ({cause}); run "
+            "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
+        )
+    if code in (401, 403) or cause.startswith("Forbidden"):
+        return StorageError(
+            f"{path}: Cloud Storage refused access to bucket '{bucket}' ({cause}); grant the account "
+            "roles/storage.objectUser on the bucket, or check the credentials"
+        )
+    if isinstance(exc, ValueError) and cause.startswith("Bad Request"):
+        return StorageError(f"{path}: Cloud Storage refused the request for bucket '{bucket}' ({cause})")
+    if isinstance(exc, OSError | aiohttp.ClientError | TimeoutError | requests.RequestException) or isinstance(
+        code, int
+    ):
+        where = getattr(fs, "_location", None) or "storage.googleapis.com"
+        return StorageError(
+            f"{path}: cannot reach Cloud Storage for bucket '{bucket}' at {where} ({cause}); check the network "
+            "(and STORAGE_EMULATOR_HOST if set), then run again",
+            transient=True,
+        )
+    return None
 
 
 def open_read(path: str) -> IO[bytes]:
     """Open a file or object for streaming reads."""
     if is_remote(path):
-        return _filesystem(path).open(path, "rb")  # type: ignore[no-any-return]
+        return _remote(path, lambda fs: fs.open(path, "rb"))
     return open(path, "rb")
 
 
 def size_of(path: str) -> int:
     """The size in bytes of a file or object."""
     if is_remote(path):
-        return int(_filesystem(path).size(path))
+        return int(_remote(path, lambda fs: fs.size(path)))
     return os.path.getsize(path)
 
 
 def exists(path: str) -> bool:
     """Whether a file or object exists."""
     if is_remote(path):
-        return bool(_filesystem(path).exists(path))
+        return bool(_remote(path, lambda fs: fs.exists(path)))
     return os.path.exists(path)
+
+
+def is_dir(path: str) -> bool:
+    """Whether the path is a directory (on gs://: a prefix with objects under it and no object of its own)."""
+    if is_remote(path):
+        return bool(_remote(path, lambda fs: fs.isdir(path) and not fs.isfile(path)))
+    return os.path.isdir(path)
 
 
 def join(base: str, *parts: str) -> str:
@@ -83,10 +162,13 @@ def join(base: str, *parts: str) -> str:
 def list_files(directory: str, suffix: str) -> list[str]:
     """Every file under `directory` (recursively) whose name ends with `suffix`, sorted."""
     if is_remote(directory):
-        fs = _filesystem(directory)
         protocol = directory.split("://", 1)[0]
-        fs.invalidate_cache(directory)  # other tasks write here too: never trust a cached listing
-        found = fs.find(directory.rstrip("/") + "/")
+
+        def find(fs: Any) -> list[str]:
+            fs.invalidate_cache(directory)  # other tasks write here too: never trust a cached listing
+            return list(fs.find(directory.rstrip("/") + "/"))
+
+        found = _remote(directory, find)
         return sorted(f"{protocol}://{p}" for p in found if p.endswith(suffix))
     root = Path(directory)
     if not root.exists():
@@ -96,13 +178,22 @@ def list_files(directory: str, suffix: str) -> list[str]:
 
 def read_bytes(path: str) -> bytes:
     """A whole small file (metadata, media)."""
+    if is_remote(path):
+        return bytes(_remote(path, lambda fs: fs.cat_file(path)))
     with open_read(path) as handle:
         return handle.read()
 
 
 def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     """The chosen columns of one Parquet file; remote objects are read by range, not downloaded whole."""
-    with open_read(path) as handle:
+    if is_remote(path):
+        return _remote(path, lambda fs: _read_table(fs.open(path, "rb"), columns))
+    return _read_table(open(path, "rb"), columns)
+
+
+def _read_table(handle: IO[bytes], columns: list[str] | None) -> pa.Table:
+    """Read a Parquet table from an open file and close it."""
+    with handle:
         return pq.read_table(handle, columns=columns)
 
 
@@ -113,7 +204,7 @@ def write_once(path: str, data: bytes) -> None:
     Cloud Storage FUSE mount): a temporary sibling, fsynced, then renamed (see the module docstring).
     """
     if is_remote(path):
-        _filesystem(path).pipe_file(path, data)
+        _remote(path, lambda fs: fs.pipe_file(path, data))
         return
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -134,9 +225,7 @@ def write_once(path: str, data: bytes) -> None:
 def remove(path: str) -> None:
     """Delete a file or object if it exists."""
     if is_remote(path):
-        fs = _filesystem(path)
-        if fs.exists(path):
-            fs.rm(path)
+        _remote(path, lambda fs: fs.rm(path) if fs.exists(path) else None)
         return
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)

@@ -45,7 +45,8 @@ ROWS = numbered_rows(6)
 REFUSALS = [
     Refusal("truncated Parquet file", ("input.parquet", "truncated"), spec={"input__path": "input.parquet"},
             plant=_truncated_parquet),
-    Refusal("id column missing", ("input.jsonl:line 1", "id column 'review_id'"),
+    Refusal("id column missing", ("input.jsonl:line 1", "no id column 'review_id'", "its columns are: id, text",
+                                  "set input.id_column"),
             spec={"input__id_column": "review_id"}),
     Refusal("id value missing in one row", ("input.jsonl:line 3", "no value in id column 'id'"),
             rows=[*ROWS[:2], {"text": "no id here"}, *ROWS[2:]]),
@@ -54,8 +55,14 @@ REFUSALS = [
     Refusal("duplicate ids", ("input.jsonl:line 5", "duplicate id 'row-00001'", "first at line 2"),
             rows=[*ROWS[:4], {"id": "row-00001", "text": "again"}]),
     Refusal("empty input", ("input.jsonl", "no rows"), rows=[]),
-    Refusal("every line unreadable", ("input.jsonl", "no line or row could be read"),
+    Refusal("every line unreadable", ("input.jsonl", "no line or row could be read", "line 1: not valid JSON"),
             plant=lambda p: _jsonl_bytes(p / "input.jsonl", [b"{not json", b"[1, 2]"])),
+    Refusal("a Latin-1 file", ("input.jsonl", "no line or row could be read", "line 1: not UTF-8 text",
+                               "re-encode the file as UTF-8", "iconv -f latin1"),
+            plant=lambda p: _jsonl_bytes(p / "input.jsonl", [b'{"id": "a", "text": "caf\xe9"}',
+                                                             b'{"id": "b", "text": "th\xe9"}'])),
+    Refusal("a directory as input", ("rows", "is a directory, not an input file", "set input.path"),
+            spec={"input__path": "rows"}, plant=lambda p: (p / "rows").mkdir()),
     Refusal("placeholder naming no column", ("column 'txt'", "did you mean 'text'"),
             spec={"request__prompt": "Classify: {txt}"}),
     Refusal("bad template syntax", ("request.prompt", "bad template"), spec={"request__prompt": "Classify: {text"}),
@@ -67,6 +74,11 @@ REFUSALS = [
             spec={"endpoint__project": "${BATCHRUN_UNSET_PROJECT}"}, line_of_key="project"),
     Refusal("YAML syntax error", ("job.yaml", "line", "not valid YAML"),
             plant=lambda p: (p / "job.yaml").write_text((p / "job.yaml").read_text() + "limits: [\n")),
+    Refusal("unclosed YAML quote", ("job.yaml: line 1, column 7:", "quoted scalar", "close the quote"),
+            plant=lambda p: (p / "job.yaml").write_text('name: "test-job\n' + (p / "job.yaml").read_text())),
+    Refusal("${column} read as a variable", ("request.prompt", "environment variable price is not set",
+                                           "$${price} for a literal ${price}"),
+            spec={"request__prompt": "Price: ${price}"}, line_of_key="prompt"),
 ]
 
 
@@ -103,6 +115,27 @@ def test_bad_input_is_refused_with_one_clear_message(
     assert sim.stats()["requests"] == 0
     assert not job.output.exists(), "a refused run must not create its output"
     record(f"bad input: {case.what}", exit_code=2, message=messages[0].replace("\n", " "))
+
+
+def test_dollar_dollar_brace_is_a_literal_before_a_column_placeholder(sim: Any, make_job: Any) -> None:
+    """`$${price}` is sent as a `$` followed by the row's `{price}` value, not read from the environment."""
+    job = make_job([{"id": "a", "text": "mug", "price": 7}], request__prompt="{text} for $${price}")
+    result = job.run("run")
+    assert result.returncode == 0, result.stderr
+    table = finished_table(job, {"a"})
+    assert table["status"].to_list() == ["ok"]
+    assert sim.counts() == {"mug for $7": 1}
+
+
+def test_a_byte_order_mark_does_not_break_line_one(make_job: Any) -> None:
+    """A UTF-8 file with a byte-order mark (as Windows tools write it) is read whole: line 1 is a row like any."""
+    job = make_job(ROWS)
+    path = job.dir / "input.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    result = job.run("run")
+    assert result.returncode == 0, result.stderr
+    table = finished_table(job, {r["id"] for r in ROWS})
+    assert set(table["status"].to_list()) == {"ok"}
 
 
 def test_unreadable_lines_become_input_error_rows(make_job: Any) -> None:

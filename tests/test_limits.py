@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
+from typing import Any
 
 import pytest
 
 from batchrun.limits import AdaptivePace, Limits, Reservation, SlidingWindow, window_safe_limiter
 from batchrun.spec import LimitsSpec
 from tests.virtual_time import now, run
+
+
+def sized(tokens: int) -> dict[str, Any]:
+    """A request body that Limits sizes at `tokens` (no message text, an answer budget of `tokens`)."""
+    return {"messages": [], "max_tokens": tokens}
 
 
 def most_in_any_window(events: list[tuple[float, int]], window: float = 60.0) -> int:
@@ -154,8 +160,8 @@ def test_token_budget_refunds_a_rate_limited_request() -> None:
 
     async def main() -> int:
         limits = Limits(LimitsSpec(tokens_per_minute=1_000))
-        ticket = await limits.acquire(800)
-        limits.rate_limited(ticket)
+        ticket = await limits.start(sized(800))
+        limits.refused(ticket)
         assert limits.tokens is not None
         return limits.tokens.used(now())
 
@@ -256,9 +262,9 @@ def test_budgets_leave_a_second_for_arrival_delays() -> None:
 
     async def main() -> float:
         limits = Limits(LimitsSpec(tokens_per_minute=1_000))
-        first = await limits.acquire(1_000)
-        limits.succeeded(first, 1_000)
-        second = await limits.acquire(10)
+        first = await limits.start(sized(1_000))
+        limits.finished(first, {"total_tokens": 1_000})
+        second = await limits.start(sized(10))
         assert first.tokens is not None and second.tokens is not None
         return second.tokens.at - first.tokens.at
 
@@ -291,3 +297,20 @@ def test_a_storm_does_not_outlive_itself(storm: tuple[float, float]) -> None:
     full_speed = 16 / server.latency_s
     after = [t for t in server.admitted if storm[1] + 5 <= t < storm[1] + 30]
     assert len(after) / 25 >= 0.9 * full_speed
+
+
+def test_slow_answers_are_not_read_as_overload() -> None:
+    """Answers that take minutes (Flex PayGo's, by design) never slow the adaptive pace: only 429s do."""
+    pace = AdaptivePace()
+
+    async def main() -> float | None:
+        async def worker() -> None:
+            for _ in range(5):
+                reservation = await pace.acquire()
+                await asyncio.sleep(600)  # ten minutes an answer
+                pace.on_success(reservation)
+
+        await asyncio.gather(*(worker() for _ in range(32)))
+        return pace.per_minute
+
+    assert run(main) is None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -83,8 +84,11 @@ def test_report_figures(spec: JobSpec) -> None:
     assert by_type["ON_DEMAND_FLEX"]["cost"] == pytest.approx(2800 / 1e6)
     assert by_type["PROVISIONED_THROUGHPUT"]["cost"] is None
     assert by_type[None]["rows"] == 3 and by_type[None]["total_tokens"] == 0
-    assert report["cost"] == {"currency": "USD", "total": pytest.approx(7600 / 1e6),
-                              "unpriced_traffic_types": ["PROVISIONED_THROUGHPUT"]}
+    cost = report["cost"]
+    assert (cost["currency"], cost["total"]) == ("USD", pytest.approx(7600 / 1e6))
+    assert (cost["unpriced_traffic_types"], cost["unpriced_rows"]) == (["PROVISIONED_THROUGHPUT"], 1)
+    assert cost["prices"]["ON_DEMAND_FLEX"] == {"input": 0.5, "cached_input": 0.5, "output": 5, "reasoning": 4,
+                                                "source": "report.prices"}
     assert [(e["error_type"], e["http_status"], e["rows"]) for e in report["errors"]] == [
         ("http", 400, 2), ("rate_limited", 429, 1)]
     assert report["latency_ms"] == {"rows": 4, "p50": 25.0, "p90": 37.0, "p99": 39.7, "mean": 25.0, "max": 40.0}
@@ -106,8 +110,22 @@ def test_report_text_shows_every_section(spec: JobSpec) -> None:
     text = format_report(build_report(spec))
     for heading in ("tokens by traffic_type:", "errors:", "latency (ms, ok rows):", "per minute (UTC):"):
         assert heading in text
-    assert "total cost: 0.0076 USD (no price in report.prices for: PROVISIONED_THROUGHPUT)" in text
+    assert "total cost: 0.0076 USD (no price for: PROVISIONED_THROUGHPUT, 1 rows;" in text
+    assert "prices (USD per million tokens):" in text and "report.prices" in text
     assert "ON_DEMAND_FLEX" in text and "0.0028" in text
+
+
+def test_cached_tokens_are_priced_at_cached_input(spec: JobSpec) -> None:
+    """Prompt tokens served from the cache cost cached_input, the rest of the prompt input."""
+    rows = [{**ok("z", "ON_DEMAND", (1000, 10, 0, 1010), 5.0, 0), "cached_tokens": 800}]
+    frame = pl.from_arrow(pa.Table.from_pylist(rows, schema=output_schema([])))
+    assert isinstance(frame, pl.DataFrame)
+    priced = spec.model_copy(update={"report": parse_spec({
+        "name": "j", "input": {"path": "i"}, "output": {"path": "o"}, "model": "m", "endpoint": {"kind": "simulator"},
+        "report": {"prices": {"ON_DEMAND": {"input": 1, "cached_input": 0.1, "output": 10}}}}).report})
+    (group,) = build_report(priced, frame)["by_traffic_type"]
+    assert group["cached_tokens"] == 800
+    assert group["cost"] == pytest.approx((200 * 1 + 800 * 0.1 + 10 * 10) / 1e6)
 
 
 def test_prices_are_validated_with_the_key_named() -> None:

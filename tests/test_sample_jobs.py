@@ -82,6 +82,11 @@ def batch_answered(table: pl.DataFrame) -> None:
     assert set(texts(table, "model")) == {"google/gemini-2.5-flash"}
 
 
+def flex_labeled(table: pl.DataFrame) -> None:
+    assert set(texts(table, "traffic_type")) == {"ON_DEMAND_FLEX"}
+    assert table["cached_tokens"].null_count() == 1 and table["cached_tokens"].min() > 1000  # all but the first
+
+
 CHECKS: dict[str, Callable[[pl.DataFrame], None]] = {
     "reviews-sentiment": sentiment,
     "structured-extraction": structured,
@@ -94,6 +99,7 @@ CHECKS: dict[str, Callable[[pl.DataFrame], None]] = {
     "streaming": streamed,
     "self-deployed-endpoint": self_deployed,
     "openai-batch": batch_answered,
+    "flex-labeling": flex_labeled,
 }
 
 

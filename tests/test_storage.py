@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +18,8 @@ from batchrun.prompts import Renderer, RowInputError
 from batchrun.sink import Output
 from batchrun.sources import Record, Source
 from batchrun.spec import InputSpec, load_spec, parse_spec
-from tests.conftest import Gcs
+from tests.conftest import Gcs, base_env, run_cli
+from tests.faults import complaints
 
 
 def parquet_bytes(rows: list[dict[str, object]]) -> bytes:
@@ -109,3 +111,47 @@ def test_local_write_once_replaces_whole_and_leaves_no_temp(tmp_path: Path) -> N
     storage.write_once(str(path), parquet_bytes([{"id": "a"}]))
     assert pq.read_table(path).column("id").to_pylist() == ["a"]
     assert [p.name for p in path.parent.iterdir()] == ["part-x.parquet"]
+
+
+def _gs_job(directory: Path, output: str) -> Path:
+    """A simulator job with a local input and its output on `output`."""
+    (directory / "in.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    spec = directory / "job.yaml"
+    spec.write_text(
+        "name: j\ninput: {path: in.jsonl, id_column: id}\nendpoint: {kind: simulator}\nmodel: m\n"
+        f"request: {{prompt: '{{text}}'}}\noutput: {{path: '{output}'}}\n"
+    )
+    return spec
+
+
+def _storage_complaints(stderr: str) -> list[str]:
+    """What the run said about Cloud Storage (google-auth's own warning about absent local credentials aside)."""
+    return [m for m in complaints(stderr) if not m.startswith("google.auth")]
+
+
+def test_a_missing_bucket_is_one_line_naming_it(gcs: Gcs, tmp_path: Path) -> None:
+    """`run` into gs://no-such-bucket: exit 2, one line with the bucket, why, and how to create it."""
+    spec = _gs_job(tmp_path, "gs://no-such-bucket-batchrun/out")
+    result = run_cli(["run", str(spec)], env={**base_env(), **gcs.env}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (message,) = _storage_complaints(result.stderr)
+    assert "bucket 'no-such-bucket-batchrun' does not exist" in message
+    assert "gcloud storage buckets create gs://no-such-bucket-batchrun" in message
+
+
+@pytest.mark.slow
+def test_unreachable_storage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """Cloud Storage that does not answer: after gcsfs's own retries (about 35 s), exit 3 and one line, no traceback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    spec = _gs_job(tmp_path, "gs://some-bucket/out")
+    env = {**base_env(), "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    result = run_cli(["run", str(spec)], env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    (message,) = _storage_complaints(result.stderr)
+    assert "cannot reach Cloud Storage for bucket 'some-bucket'" in message
+    assert f"127.0.0.1:{port}" in message and "Traceback" not in message

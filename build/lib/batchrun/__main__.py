@@ -1,0 +1,7 @@
+"""`python -m batchrun` runs the CLI."""
+
+import sys
+
+from batchrun.cli import main
+
+sys.exit(main())

@@ -1,0 +1,829 @@
+"""A Vertex-compatible Chat Completions simulator: the sample job's endpoint and every test's server.
+
+One aiohttp app serves what a batch job talks to on Google Cloud:
+
+    POST /{v1|v1beta1}/projects/P/locations/L/endpoints/{openapi|ID}/chat/completions   Vertex; OAuth token
+    POST /v1/chat/completions, /v1beta/openai/chat/completions                           API key (kind: openai)
+    POST /token                                                  OAuth2 token endpoint (JWT bearer, refresh)
+    GET  /, /computeMetadata/v1/...                              GCE metadata server (GCE_METADATA_HOST)
+    GET  /_sim/stats, /_sim/counts, /_sim/requests               what happened, for tests and benchmarks
+    GET  /_sim/arrivals                                          each chat request's arrival time and status
+    POST /_sim/config, /_sim/reset                               change faults at runtime; zero the figures
+
+A chat request meets, in order: auth, body size, storm, quota, random faults, then the answer
+(`sim_answers`, deterministic for the same body). Errors have Google's list bodies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import difflib
+import functools
+import hashlib
+import json
+import math
+import random
+import secrets
+import signal
+import threading
+import time
+from array import array
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from batchrun.sim_answers import Answer, InvalidArgument, build_answer, read_conversation
+
+PROJECT = "sim-project"
+SERVICE_ACCOUNT = "batchrun-sim@sim-project.iam.gserviceaccount.com"
+TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # google-auth's JWT aud, whatever token_uri is
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+WINDOW_S = 60.0  # quotas count over a sliding minute
+HANG_S = 3600.0  # a "hang" outlives any client timeout
+SHUTDOWN_S = 0.5  # stop() does not wait for hanging handlers
+MAX_READ_BYTES = 1 << 30  # aiohttp's own cap; max_body_bytes is checked after reading, as Vertex answers 400
+FAULTS = ("rate_429", "rate_500", "rate_503", "rate_reset", "rate_hang", "rate_truncated", "rate_not_json")
+CONVENIENCES = {"storm_for_s": "storm_until", "token_fail_for_s": "token_fail_until"}
+STATUS = {
+    400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
+    401: ("UNAUTHENTICATED", "Request is missing required authentication credential."),
+    404: ("NOT_FOUND", "Requested entity was not found."),
+    429: (
+        "RESOURCE_EXHAUSTED",
+        "Resource exhausted. Please try again later. Please refer to "
+        "https://cloud.google.com/vertex-ai/generative-ai/docs/error-code-429 for more details.",
+    ),
+    500: ("INTERNAL", "Internal error encountered."),
+    503: ("UNAVAILABLE", "The service is currently unavailable."),
+}
+BAD_CREDENTIALS = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other "
+    "valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+API_KEY_REFUSED = (
+    "API keys are not supported by this API. Expected OAuth2 access token or other authentication "
+    "credentials that assert a principal. See https://cloud.google.com/docs/authentication"
+)
+BAD_API_KEY = "Incorrect API key provided."
+METADATA = {  # text answers of the metadata server, by path under /computeMetadata/v1
+    "/": "instance/\nproject/\n",
+    "/project/project-id": PROJECT,
+    "/universe/universe-domain": "googleapis.com",
+    "/instance/service-accounts/default/": "aliases\nemail\nscopes\ntoken\n",
+    "/instance/service-accounts/default/email": SERVICE_ACCOUNT,
+}
+STATUS_FAULTS = {"rate_429": 429, "rate_500": 500, "rate_503": 503}
+PROVISIONED_EXCEEDED = "Too many requests. Exceeded the Provisioned Throughput."  # Google's 429 for a full reservation
+PROXY_PAGE = (  # what a misrouted proxy or captive portal answers with a 200 in place of JSON
+    "<!DOCTYPE html><html><head><title>Gateway</title></head><body><h1>Please wait</h1>"
+    "<p>Your request is being processed.</p></body></html>"
+)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # built once: json.dumps builds one per call
+_PUBLIC_KEYS: dict[str, rsa.RSAPublicKey] = {}  # private_key_id -> key, for make_service_account_info's keys
+
+
+@dataclass
+class SimulatorConfig:
+    """Faults, quotas and auth rules; any field can change while the simulator runs."""
+
+    latency_s: float = 0.0  # added to every answer; a stream's first chunk comes after half of it
+    latency_jitter_s: float = 0.0  # up to this much more, drawn from the seeded generator
+    rpm_quota: int | None = None  # requests per sliding minute; over it -> 429
+    tpm_quota: int | None = None  # prompt + output tokens per sliding minute; over it -> 429
+    rate_429: float = 0.0  # fractions of chat requests that get each random fault
+    rate_500: float = 0.0
+    rate_503: float = 0.0
+    rate_reset: float = 0.0  # connection closed without an answer
+    rate_hang: float = 0.0  # never answered: the client's timeout must fire
+    rate_truncated: float = 0.0  # 200 with half a body
+    rate_not_json: float = 0.0  # 200 with an HTML page for a body
+    rate_invalid_json_answer: float = 0.0  # response_format answers whose content is not JSON
+    retry_after_s: float | None = None  # 429s then carry Retry-After and a RetryInfo detail
+    storm_until: float = 0.0  # monotonic deadline: every chat request gets 429 until then
+    token_ttl_s: int = 3600  # expires_in of issued access tokens
+    revoke_every_s: float | None = None  # all issued tokens are revoked this often
+    token_fail_until: float = 0.0  # monotonic deadline: the token endpoint answers 503 until then
+    require_auth: bool = True  # Vertex paths need a Bearer token this simulator issued
+    api_key: str | None = None  # the key OpenAI-style paths accept (and Vertex paths refuse)
+    traffic_type: str = "ON_DEMAND"  # usage.extra_properties.google.traffic_type of standard pay-as-you-go answers
+    provisioned_rpm: int | None = None  # the project's Provisioned Throughput, requests per sliding minute (None: none)
+    flex_latency_s: float = 0.05  # added to Flex PayGo answers, which are slow by design
+    cache_min_chars: int = 4096  # a system prompt this long is served from the implicit cache when it repeats
+    max_body_bytes: int = 20 * 1024 * 1024  # bigger bodies get Vertex's 400
+    record: bool = False  # keep every chat body for /_sim/requests
+    echo_headers: bool = False  # error bodies repeat the request's headers (token endpoint: its form)
+    seed: int = 0  # of the generator that draws faults and jitter
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, now: float | None = None) -> SimulatorConfig:
+        """Build from JSON data; `*_for_s` keys become deadlines from `now` (monotonic)."""
+        types = {f.name: str(f.type) for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in CONVENIENCES:
+                start = time.monotonic() if now is None else now
+                key, value = CONVENIENCES[key], start + _checked(key, value, "float")
+            elif key not in types:
+                close = difflib.get_close_matches(key, [*types, *CONVENIENCES], n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(types)}"
+                raise ValueError(f"unknown simulator setting {key!r}{hint}")
+            values[key] = _checked(key, value, types[key])
+        return cls(**values)
+
+
+@dataclass
+class SimStats:
+    """Counters a test or benchmark reads from /_sim/stats."""
+
+    requests: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    resets: int = 0
+    hangs: int = 0
+    truncated: int = 0
+    not_json: int = 0
+    tokens_issued: int = 0
+    token_requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def enter(self) -> None:
+        """Count a chat request arriving."""
+        self.requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def answered(self, status: int) -> None:
+        """Count a response by its status code."""
+        key = str(status)
+        self.by_status[key] = self.by_status.get(key, 0) + 1
+
+
+class SlidingWindow:
+    """Amounts admitted over the last minute, oldest first: one quota's memory."""
+
+    def __init__(self) -> None:
+        self._events: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def fits(self, now: float, amount: int, limit: int) -> bool:
+        """Whether `amount` more stays within `limit` over the minute ending now."""
+        while self._events and self._events[0][0] <= now - WINDOW_S:
+            self.total -= self._events.popleft()[1]
+        return self.total + amount <= limit
+
+    def add(self, now: float, amount: int) -> None:
+        """Charge an admitted amount."""
+        self._events.append((now, amount))
+        self.total += amount
+
+
+class TokenStore:
+    """Access tokens this simulator issued; expired or revoked ones are refused."""
+
+    def __init__(self) -> None:
+        self._expiry: dict[str, float] = {}
+        self._period: float | None = None
+        self._next_revoke = math.inf
+
+    def issue(self, now: float, ttl_s: int, revoke_every_s: float | None) -> str:
+        """A new opaque token shaped like Google's, issued after any revocation now due."""
+        self._revoke_due(now, revoke_every_s)
+        token = f"ya29.sim-{secrets.token_urlsafe(24)}"
+        self._expiry[token] = now + ttl_s
+        return token
+
+    def valid(self, token: str, now: float, revoke_every_s: float | None) -> bool:
+        """Whether the token was issued here, has not expired and survived every revocation."""
+        self._revoke_due(now, revoke_every_s)
+        return self._expiry.get(token, -math.inf) > now
+
+    def revoke_all(self) -> None:
+        """Invalidate every token issued so far."""
+        self._expiry.clear()
+
+    def _revoke_due(self, now: float, period: float | None) -> None:
+        """Apply periodic revocation lazily: a period starts when it is first seen."""
+        if period != self._period:
+            self._period, self._next_revoke = period, now + period if period else math.inf
+        elif now >= self._next_revoke and period:
+            self.revoke_all()
+            self._next_revoke += period * (math.floor((now - self._next_revoke) / period) + 1)
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How one chat path authenticates, names its model and shapes its errors."""
+
+    vertex: bool  # OAuth tokens from this simulator, else the configured API key
+    google_errors: bool  # Google's list bodies, else OpenAI's error object
+    endpoint_id: str | None = None  # a self-deployed endpoint: its id is the default model
+
+
+OPENAI_ROUTE = _Route(vertex=False, google_errors=False)
+GEMINI_ROUTE = _Route(vertex=False, google_errors=True)
+
+
+class Simulator:
+    """The simulator server; `start` binds a port, `stop` closes it."""
+
+    # per-run state, set by _reset_state
+    _counts: Counter[str]
+    _records: list[dict[str, Any]]
+    _arrivals: array[float]  # clock() at arrival, one per chat request: 10 bytes each with its status
+    _statuses: array[int]  # 0: the connection was dropped
+    _rpm: SlidingWindow
+    _tpm: SlidingWindow
+    _provisioned: SlidingWindow
+    _cached_prefixes: set[bytes]  # system prompts seen, for implicit caching
+    _seed: int
+    _rng: random.Random
+
+    def __init__(self, config: SimulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or SimulatorConfig()
+        self.clock = clock  # monotonic seconds; tests pass a fake one to move quotas and expiry along
+        self.stats = SimStats()
+        self.url = ""
+        self._tokens = TokenStore()
+        self._runner: web.AppRunner | None = None
+        self._reset_state()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on host:port (0 picks a free port) and return the root URL."""
+        app = web.Application(client_max_size=MAX_READ_BYTES)
+        self._add_routes(app.router)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_S)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port, backlog=1024).start()
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        self.url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
+        return self.url
+
+    async def stop(self) -> None:
+        """Close the port; hanging requests are cancelled."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        """Every path the simulator answers; anything else is a Google-style 404."""
+        vertex = "/{version:v1|v1beta1}/projects/{project}/locations/{location}/endpoints/{endpoint}"
+        router.add_post(f"{vertex}/chat/completions", self._vertex_chat)
+        router.add_post("/v1/chat/completions", functools.partial(self._chat, route=OPENAI_ROUTE))
+        router.add_post("/v1beta/openai/chat/completions", functools.partial(self._chat, route=GEMINI_ROUTE))
+        router.add_post("/token", self._token)
+        router.add_get("/", self._metadata)  # google-auth's GCE detection pings the root
+        router.add_route("*", "/computeMetadata/{tail:.*}", self._metadata)
+        router.add_get("/_sim/stats", self._stats)
+        router.add_get("/_sim/counts", self._counts_view)
+        router.add_get("/_sim/requests", self._records_view)
+        router.add_get("/_sim/arrivals", self._arrivals_view)
+        router.add_post("/_sim/config", self._set_config)
+        router.add_post("/_sim/reset", self._reset)
+        router.add_route("*", "/{tail:.*}", self._not_found)
+
+    # --- chat ---------------------------------------------------------------------------------------
+
+    async def _vertex_chat(self, request: web.Request) -> web.StreamResponse:
+        """Managed models under endpoints/openapi, self-deployed ones under endpoints/ID."""
+        endpoint = request.match_info["endpoint"]
+        route = _Route(vertex=True, google_errors=True, endpoint_id=None if endpoint == "openapi" else endpoint)
+        return await self._chat(request, route)
+
+    async def _chat(self, request: web.Request, route: _Route) -> web.StreamResponse:
+        """Serve one chat request and count it; a dropped connection gets no status."""
+        self.stats.enter()
+        arrived = self.clock()
+        try:
+            response = await self._serve_chat(request, route)
+        finally:
+            self.stats.in_flight -= 1  # the current stats: a reset carries in_flight over
+        self._arrivals.append(arrived)
+        self._statuses.append(0 if response is None else response.status)
+        if response is None:
+            return web.Response()  # the transport is already closed; nothing reaches the client
+        self.stats.answered(response.status)
+        if self.config.echo_headers and response.status >= 400 and isinstance(response, web.Response):
+            headers = "; ".join(f"{name}: {value}" for name, value in request.headers.items())
+            return _echoing(response, f"request headers: {headers}")
+        return response
+
+    async def _serve_chat(self, request: web.Request, route: _Route) -> web.StreamResponse | None:
+        """Auth, body size, storm, quota, random faults, then the answer."""
+        config = self.config
+        refusal = self._auth_refusal(request, route)
+        if refusal is not None:
+            return refusal
+        raw = await request.read()
+        if len(raw) > config.max_body_bytes:
+            message = f"Request payload size exceeds the limit: {config.max_body_bytes} bytes."
+            return self._error(400, route, message)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._error(400, route, "Invalid JSON payload received.")
+        if not isinstance(body, dict):
+            return self._error(400, route)
+        conv = read_conversation(body.get("messages"))
+        self._note(request, body, conv.prompt)
+        now = self.clock()
+        if now < config.storm_until or not self._admit(now, conv.prompt_tokens):
+            return self._error(429, route)
+        traffic_type = self._traffic_type(request.headers, now)
+        if traffic_type is None:
+            return self._error(429, route, PROVISIONED_EXCEEDED)
+        fault = self._draw_fault()
+        if fault in STATUS_FAULTS:
+            return self._error(STATUS_FAULTS[fault], route)
+        if fault in ("rate_reset", "rate_hang"):
+            await self._drop(request, hang=fault == "rate_hang")
+            return None
+        if fault == "rate_not_json":
+            self.stats.not_json += 1
+            return web.Response(text=PROXY_PAGE, content_type="text/html")
+        truncated = fault == "rate_truncated"
+        broken_json = self._rng.random() < config.rate_invalid_json_answer
+        try:
+            model = _model(body, route)
+            answer = build_answer(body, conv, model=model, broken_json=broken_json)
+        except InvalidArgument as exc:
+            return self._error(400, route, exc.message)
+        self._charge(now, answer)
+        cached = self._cached_tokens(body.get("messages"))
+        head = {"created": int(time.time()), "id": secrets.token_urlsafe(16), "model": model}
+        await self._tier_delay(traffic_type)
+        if body.get("stream"):
+            chunks = answer.chunks(head, traffic_type)
+            _add_cached(chunks[-1]["usage"], cached)
+            events = [b"data: " + _dumps(c) + b"\n\n" for c in chunks]
+            return await self._stream(request, [*events, b"data: [DONE]\n\n"], truncated)
+        await asyncio.sleep(self._latency())
+        completion = answer.completion(head, traffic_type)
+        _add_cached(completion["usage"], cached)
+        payload = _dumps(completion)
+        return web.Response(body=self._cut(payload) if truncated else payload, content_type="application/json")
+
+    def _traffic_type(self, headers: Mapping[str, str], now: float) -> str | None:
+        """Which consumption option serves the request, as Vertex's headers choose it; None: dedicated and full.
+
+        `X-Vertex-AI-LLM-Request-Type: dedicated` is served by Provisioned Throughput or refused with 429,
+        `shared` never uses it, and no header uses it first while the reservation has room; the pay-as-you-go
+        tier follows `X-Vertex-AI-LLM-Shared-Request-Type` (flex, priority, else standard).
+        """
+        request_type = headers.get("X-Vertex-AI-LLM-Request-Type", "").lower()
+        if request_type != "shared":
+            limit = self.config.provisioned_rpm
+            if limit is not None and self._provisioned.fits(now, 1, limit):
+                self._provisioned.add(now, 1)
+                return "PROVISIONED_THROUGHPUT"
+            if request_type == "dedicated":
+                return None
+        tier = headers.get("X-Vertex-AI-LLM-Shared-Request-Type", "").lower()
+        return {"flex": "ON_DEMAND_FLEX", "priority": "ON_DEMAND_PRIORITY"}.get(tier, self.config.traffic_type)
+
+    async def _tier_delay(self, traffic_type: str) -> None:
+        """Flex answers take longer than the others."""
+        if traffic_type == "ON_DEMAND_FLEX" and self.config.flex_latency_s:
+            await asyncio.sleep(self.config.flex_latency_s)
+
+    def _cached_tokens(self, messages: object) -> int:
+        """Implicit caching: a long system prompt seen before is served from the cache (its tokens, 4 chars each)."""
+        first = messages[0] if isinstance(messages, list) and messages else None
+        text = first.get("content") if isinstance(first, dict) and first.get("role") == "system" else None
+        if not isinstance(text, str) or len(text) < self.config.cache_min_chars:
+            return 0
+        key = hashlib.sha256(text.encode()).digest()
+        if key not in self._cached_prefixes:
+            self._cached_prefixes.add(key)
+            return 0
+        return len(text) // 4
+
+    def _auth_refusal(self, request: web.Request, route: _Route) -> web.Response | None:
+        """401 unless the bearer is a live token (Vertex paths) or the API key (OpenAI-style paths)."""
+        config = self.config
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        bearer = credential.strip() if scheme.lower() == "bearer" else ""
+        if not route.vertex:
+            if config.api_key is None or bearer == config.api_key:
+                return None
+            return self._error(401, route, BAD_CREDENTIALS if route.google_errors else BAD_API_KEY)
+        if not config.require_auth:
+            return None
+        if config.api_key is not None and bearer == config.api_key:
+            return self._error(401, route, API_KEY_REFUSED)
+        if self._tokens.valid(bearer, self.clock(), config.revoke_every_s):
+            return None
+        return self._error(401, route, BAD_CREDENTIALS)
+
+    def _note(self, request: web.Request, body: dict[str, Any], prompt: str) -> None:
+        """Count the request under its prompt (re-sends per row) and keep it, with its X- headers, when recording."""
+        self._counts[prompt] += 1
+        if self.config.record:
+            record: dict[str, Any] = {"body": body, "path": request.path}
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower().startswith("x-") and not k.lower().startswith("x-stainless-")}  # not the SDK's own
+            if headers:
+                record["headers"] = headers
+            self._records.append(record)
+
+    def _admit(self, now: float, prompt_tokens: int) -> bool:
+        """Charge the configured rpm/tpm windows, or refuse without charging either."""
+        quotas = [
+            (window, amount, limit)
+            for window, amount, limit in (
+                (self._rpm, 1, self.config.rpm_quota),
+                (self._tpm, prompt_tokens, self.config.tpm_quota),
+            )
+            if limit is not None
+        ]
+        if not all(window.fits(now, amount, limit) for window, amount, limit in quotas):
+            return False
+        for window, amount, _ in quotas:
+            window.add(now, amount)
+        return True
+
+    def _charge(self, now: float, answer: Answer) -> None:
+        """Add the answer's output tokens to the tpm window and the stats."""
+        if self.config.tpm_quota is not None:
+            self._tpm.add(now, answer.total_tokens - answer.prompt_tokens)
+        self.stats.prompt_tokens += answer.prompt_tokens
+        self.stats.completion_tokens += answer.completion_tokens or 0
+        self.stats.reasoning_tokens += answer.reasoning_tokens
+
+    def _draw_fault(self) -> str | None:
+        """One draw per request from the seeded generator picks at most one fault."""
+        if self.config.seed != self._seed:
+            self._seed = self.config.seed
+            self._rng.seed(self._seed)
+        draw = self._rng.random()
+        for name in FAULTS:
+            rate = getattr(self.config, name)
+            if draw < rate:
+                return name
+            draw -= rate
+        return None
+
+    async def _drop(self, request: web.Request, *, hang: bool) -> None:
+        """Close the connection without an answer, at once or after outliving the client's timeout."""
+        if hang:
+            self.stats.hangs += 1
+            await asyncio.sleep(HANG_S)
+        else:
+            self.stats.resets += 1
+        if request.transport is not None:
+            request.transport.abort()
+
+    def _cut(self, payload: bytes) -> bytes:
+        """The first half of a body: a 200 whose JSON is cut off."""
+        self.stats.truncated += 1
+        return payload[: len(payload) // 2]
+
+    def _latency(self) -> float:
+        """Configured latency plus seeded jitter."""
+        config = self.config
+        jitter = self._rng.uniform(0, config.latency_jitter_s) if config.latency_jitter_s else 0.0
+        return config.latency_s + jitter
+
+    async def _stream(self, request: web.Request, events: list[bytes], truncated: bool) -> web.StreamResponse:
+        """Send SSE events: the first after half the latency, the rest spread over the other half."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        if truncated:
+            events = [self._cut(b"".join(events))]
+        latency = self._latency()
+        if not latency:
+            events = [b"".join(events)]
+        for k, event in enumerate(events):
+            if latency:
+                await asyncio.sleep(latency / 2 if k == 0 else latency / 2 / (len(events) - 1))
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    def _error(self, status: int, route: _Route, message: str | None = None) -> web.Response:
+        """A Google list body (or an OpenAI error object), with Retry-After info on 429s."""
+        name, default = STATUS[status]
+        retry_after = self.config.retry_after_s if status == 429 else None
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+        if not route.google_errors:
+            kind = "rate_limit_exceeded" if status == 429 else name.lower()
+            error = {"code": kind, "message": message or default, "param": None, "type": kind}
+            return _json({"error": error}, status=status, headers=headers)
+        google: dict[str, Any] = {"code": status, "message": message or default, "status": name}
+        if retry_after is not None:
+            info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after:g}s"}
+            google["details"] = [info]
+        return _json([{"error": google}], status=status, headers=headers)
+
+    # --- tokens and metadata ------------------------------------------------------------------------
+
+    async def _token(self, request: web.Request) -> web.Response:
+        """OAuth2 token endpoint: the JWT-bearer grant (service accounts) and refresh_token (users)."""
+        self.stats.token_requests += 1
+        form = await request.post()
+        if self.clock() < self.config.token_fail_until:
+            error = {"error": "temporarily_unavailable", "error_description": STATUS[503][1]}
+            return self._token_refusal(error, form, status=503)
+        problem = _grant_problem(form)
+        if problem is not None:
+            return self._token_refusal({"error": problem[0], "error_description": problem[1]}, form, status=400)
+        token, ttl = self._issue_token(), self.config.token_ttl_s
+        # Google has been seen to send expires_in as a string; alternate so clients handle both.
+        expires_in: int | str = ttl if self.stats.tokens_issued % 2 else str(ttl)
+        return _json({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"})
+
+    def _token_refusal(self, error: dict[str, str], form: Mapping[str, Any], *, status: int) -> web.Response:
+        """A token-endpoint error, repeating the posted form when `echo_headers` is on."""
+        if self.config.echo_headers:
+            echoed = "&".join(f"{key}={value}" for key, value in form.items())
+            error = {**error, "error_description": f"{error['error_description']} (request: {echoed})"}
+        return _json(error, status=status)
+
+    def _issue_token(self) -> str:
+        """Issue a token and count it."""
+        self.stats.tokens_issued += 1
+        return self._tokens.issue(self.clock(), self.config.token_ttl_s, self.config.revoke_every_s)
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        """The GCE metadata server: requests must carry Metadata-Flavor: Google, answers always do."""
+        headers = {"Metadata-Flavor": "Google"}
+        if request.headers.get("Metadata-Flavor") != "Google":
+            return web.Response(status=403, text="Missing required header: Metadata-Flavor: Google", headers=headers)
+        path = request.path.removeprefix("/computeMetadata/v1").replace(f"/{SERVICE_ACCOUNT}/", "/default/")
+        if path == "/instance/service-accounts/default/token":
+            self.stats.token_requests += 1
+            token = self._issue_token()  # expires_in must be a number here: google-auth adds it to a datetime
+            return _json(
+                {"access_token": token, "expires_in": self.config.token_ttl_s, "token_type": "Bearer"}, headers=headers
+            )
+        if path == "/instance/service-accounts/default/" and request.query.get("recursive") == "true":
+            return _json({"aliases": ["default"], "email": SERVICE_ACCOUNT, "scopes": SCOPES}, headers=headers)
+        if path not in METADATA:
+            return web.Response(status=404, text="Not Found", headers=headers)
+        return web.Response(text=METADATA[path], headers=headers)
+
+    # --- admin --------------------------------------------------------------------------------------
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        """The counters."""
+        return _json(asdict(self.stats))
+
+    async def _counts_view(self, _: web.Request) -> web.Response:
+        """Requests per prompt text: how often each row was sent."""
+        return _json(self._counts)
+
+    async def _arrivals_view(self, _: web.Request) -> web.Response:
+        """Arrival times (seconds, simulator clock) and statuses, to check a budget over any minute."""
+        return _json({"t": self._arrivals.tolist(), "status": self._statuses.tolist()})
+
+    async def _records_view(self, _: web.Request) -> web.Response:
+        """The recorded request bodies and paths."""
+        return _json(self._records)
+
+    async def _not_found(self, _: web.Request) -> web.Response:
+        """Google's 404 for any other path."""
+        return self._error(404, GEMINI_ROUTE)
+
+    async def _set_config(self, request: web.Request) -> web.Response:
+        """Change any config fields at runtime; `revoke_now: true` revokes every issued token."""
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise ValueError("the body must be a JSON object")
+            revoke = changes.pop("revoke_now", False)
+            merged = SimulatorConfig.from_mapping({**asdict(self.config), **changes}, now=self.clock())
+        except ValueError as exc:
+            return _json({"error": str(exc)}, status=400)
+        if revoke:
+            self._tokens.revoke_all()
+        for item in fields(merged):
+            setattr(self.config, item.name, getattr(merged, item.name))
+        return _json(asdict(self.config))
+
+    async def _reset(self, _: web.Request) -> web.Response:
+        """Zero stats, counts, records and quota windows, and re-seed the fault generator."""
+        self._reset_state()
+        return _json(asdict(self.stats))
+
+    def _reset_state(self) -> None:
+        """A fresh run: requests still in flight stay counted as in flight."""
+        in_flight = self.stats.in_flight
+        self.stats = SimStats(in_flight=in_flight, max_in_flight=in_flight)
+        self._counts = Counter()
+        self._records = []
+        self._arrivals, self._statuses = array("d"), array("H")
+        self._rpm, self._tpm, self._provisioned = SlidingWindow(), SlidingWindow(), SlidingWindow()
+        self._cached_prefixes = set()
+        self._seed = self.config.seed
+        self._rng = random.Random(self._seed)
+
+
+class SimulatorThread:
+    """A Simulator on its own event loop in a daemon thread, for synchronous callers."""
+
+    def __init__(self, config: SimulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.simulator = Simulator(config, clock=clock)
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="batchrun-simulator", daemon=True)
+
+    def start(self) -> str:
+        """Start serving and return the root URL once the port listens."""
+        self._thread.start()
+        self.url = asyncio.run_coroutine_threadsafe(self.simulator.start(), self._loop).result()
+        return self.url
+
+    def stop(self) -> None:
+        """Close the port and end the thread; calling it again does nothing."""
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.simulator.stop(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()  # a no-op once closed
+
+    def __enter__(self) -> SimulatorThread:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def vertex_base_url(
+    root: str,
+    project: str = PROJECT,
+    location: str = "us-central1",
+    api_version: str = "v1",
+    endpoint_id: str | None = None,
+) -> str:
+    """The API root a Vertex client appends /chat/completions to."""
+    return f"{root}/{api_version}/projects/{project}/locations/{location}/endpoints/{endpoint_id or 'openapi'}"
+
+
+def make_service_account_info(token_uri: str, *, client_email: str = SERVICE_ACCOUNT) -> dict[str, str]:
+    """A service-account key file's contents with a fresh RSA key this simulator can verify."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_id = secrets.token_hex(20)
+    _PUBLIC_KEYS[key_id] = key.public_key()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return {
+        "type": "service_account",
+        "project_id": PROJECT,
+        "private_key_id": key_id,
+        "private_key": pem.decode(),
+        "client_email": client_email,
+        "client_id": str(secrets.randbelow(10**21)).zfill(21),
+        "token_uri": token_uri,
+    }
+
+
+def _checked(name: str, value: Any, annotation: str) -> Any:
+    """The value if its JSON type fits the field's annotation (ints widen to float), else ValueError."""
+    accepted = {part.strip() for part in annotation.split("|")}
+    if value is None:
+        fits = "None" in accepted
+    elif isinstance(value, bool):
+        fits = "bool" in accepted
+    elif isinstance(value, int | float):
+        fits = "float" in accepted or (isinstance(value, int) and "int" in accepted)
+    else:
+        fits = isinstance(value, str) and "str" in accepted
+    if not fits:
+        raise ValueError(f"simulator setting {name!r} must be {annotation.replace(' | ', ' or ')}, not {value!r}")
+    return float(value) if "float" in accepted and type(value) is int else value
+
+
+def _model(body: Mapping[str, Any], route: _Route) -> str:
+    """The model to echo: the body's, else the self-deployed endpoint's id; managed models need one."""
+    model = body.get("model")
+    if isinstance(model, str) and model:
+        return model
+    if route.endpoint_id is not None:
+        return route.endpoint_id
+    raise InvalidArgument("model is required, e.g. google/gemini-2.5-flash.")
+
+
+def _grant_problem(form: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why the token endpoint refuses this form (OAuth error, description), or None."""
+    grant = form.get("grant_type")
+    if grant == JWT_GRANT:
+        return _jwt_problem(str(form.get("assertion", "")))
+    if grant != "refresh_token":
+        return "unsupported_grant_type", f"Invalid grant_type: {grant!r}"
+    if not all(form.get(k) for k in ("client_id", "client_secret", "refresh_token")):
+        return "invalid_request", "client_id, client_secret and refresh_token are required."
+    return None
+
+
+def _jwt_problem(assertion: str) -> tuple[str, str] | None:
+    """Why Google's token endpoint would refuse this assertion, or None; signatures checked when known."""
+    try:
+        head_b64, payload_b64, signature_b64 = assertion.split(".")
+        header, payload = json.loads(_unb64(head_b64)), json.loads(_unb64(payload_b64))
+        signature = _unb64(signature_b64)
+    except (ValueError, binascii.Error):
+        return "invalid_grant", "Invalid JWT: malformed assertion."
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        return "invalid_grant", "Invalid JWT: malformed assertion."
+    if payload.get("aud") != TOKEN_AUDIENCE:
+        return "invalid_grant", "Invalid JWT: Failed audience check."
+    if not payload.get("scope"):
+        return "invalid_scope", "Invalid OAuth scope or ID token audience provided."
+    expiry = payload.get("exp")
+    if not isinstance(expiry, int | float) or expiry < time.time():
+        return "invalid_grant", "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe."
+    key = _PUBLIC_KEYS.get(str(header.get("kid")))
+    if key is None:
+        return None  # a key made in another process: its signature cannot be checked here
+    try:
+        key.verify(signature, f"{head_b64}.{payload_b64}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return "invalid_grant", "Invalid JWT Signature."
+    return None
+
+
+def _unb64(text: str) -> bytes:
+    """Decode base64url without padding, as JWTs carry it."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _echoing(response: web.Response, extra: str) -> web.Response:
+    """The same error response with `extra` appended to its message (Google list or OpenAI object body)."""
+    assert isinstance(response.body, bytes)
+    body = json.loads(response.body)
+    error = (body[0] if isinstance(body, list) else body)["error"]
+    error["message"] = f"{error['message']} ({extra})"
+    retry_after = response.headers.get("Retry-After")
+    return _json(body, status=response.status, headers={"Retry-After": retry_after} if retry_after else None)
+
+
+def _add_cached(usage: dict[str, Any], cached: int) -> None:
+    """Report prompt tokens served from the cache, as `usage.prompt_tokens_details.cached_tokens`."""
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, int(usage.get("prompt_tokens") or 0))}
+
+
+def _dumps(value: Any) -> bytes:
+    """Compact JSON with sorted keys, as Vertex orders them."""
+    return _ENCODER.encode(value).encode()
+
+
+def _json(value: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON response."""
+    return web.Response(body=_dumps(value), status=status, headers=headers, content_type="application/json")
+
+
+def _parser() -> argparse.ArgumentParser:
+    """`--config JSON` plus one flag per config field (and --rpm, --tpm, --latency)."""
+    parser = argparse.ArgumentParser(prog="python -m batchrun.simulator", description="Vertex-compatible simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--config", default="{}", help="JSON object of SimulatorConfig fields")
+    aliases = {"rpm_quota": ["--rpm"], "tpm_quota": ["--tpm"], "latency_s": ["--latency"]}
+    for item in fields(SimulatorConfig):
+        flags = [f"--{item.name.replace('_', '-')}", *aliases.get(item.name, [])]
+        parser.add_argument(*flags, dest=item.name, default=argparse.SUPPRESS, metavar="VALUE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run standalone; print one JSON line with the URL once listening; serve until SIGTERM/SIGINT."""
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    host, port, settings = args.pop("host"), args.pop("port"), args.pop("config")
+    types = {f.name: str(f.type) for f in fields(SimulatorConfig)}
+    try:
+        flags = {k: v if "str" in types[k] and v != "null" else json.loads(v) for k, v in args.items()}
+        config = SimulatorConfig.from_mapping({**json.loads(settings), **flags})
+    except ValueError as exc:
+        parser.error(str(exc))
+    asyncio.run(_serve(config, host, port))
+
+
+async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
+    """Serve until a signal asks to stop."""
+    simulator = Simulator(config)
+    url = await simulator.start(host, port)
+    print(json.dumps({"url": url}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await simulator.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+#!/bin/sh
+# The image's install steps, in one place: the Dockerfile's build stage runs this script, and
+# tests/test_image.py runs it in a clean venv (no container engine needed) to show the steps work.
+#
+#   docker/install-venv.sh VENV [SOURCE]
+#
+# VENV gets the locked dependencies (requirements.lock, hashes checked, wheels only, so no compiler
+# is needed) and batchrun from SOURCE (default: the current directory); then what a run never loads
+# is removed: pip and setuptools, pyarrow's tests, headers, Flight and S3 libraries, debug symbols.
+# Bytecode is compiled only for the modules a run imports (one --limit run on the built-in
+# simulator, plus gcsfs), so start-up stays fast without the bytecode of every installed module.
+set -eu
+venv=$1
+source=$(cd "${2:-.}" && pwd)
+
+"${PYTHON:-python3}" -m venv "$venv"
+pip="$venv/bin/python -m pip --disable-pip-version-check"
+$pip install --no-compile --require-hashes --only-binary :all: --no-deps -r "$source/requirements.lock"
+$pip install --no-compile --no-deps "$source"
+$pip uninstall --yes --quiet pip setuptools
+
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+rm -rf "$site/pyarrow/tests" "$site/pyarrow/include" "$site/pyarrow/src" \
+  "$site"/pyarrow/*flight* "$site"/pyarrow/libarrow_s3.so* "$site"/pyarrow/_s3fs.* \
+  "$site"/pyarrow/_pyarrow_cpp_tests.* "$site"/pyarrow/*.pyx "$site"/pyarrow/*.pxd
+if command -v strip >/dev/null; then
+  find "$site" -name '*.so*' -type f -exec strip --strip-unneeded {} +
+fi
+
+unset PYTHONDONTWRITEBYTECODE  # the warm-up below is what writes the bytecode
+warm=$(mktemp -d)
+cp -r "$source/jobs" "$source/sample_data" "$warm/"
+(cd "$warm" && "$venv/bin/batchrun" run jobs/reviews-sentiment.yaml --limit 2 >/dev/null 2>&1 \
+  && "$venv/bin/python" -c 'import gcsfs, batchrun.status, batchrun.report, batchrun.export')
+rm -rf "$warm"
