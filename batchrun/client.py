@@ -24,8 +24,9 @@ from batchrun.errors import (
 )
 from batchrun.limits import Limits, Ticket
 from batchrun.progress import Counters
+from batchrun.results import Reply
 from batchrun.spec import RetrySpec
-from batchrun.transport import Transport
+from batchrun.transport import open_transport
 
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
@@ -33,15 +34,15 @@ BACKOFF_MAX_S = 60.0
 
 @dataclass(slots=True)
 class Answer:
-    """A successful response and what it cost to get it."""
+    """A checked answer and what it cost to get it."""
 
-    response: dict[str, Any]
+    reply: Reply
     attempts: int
     latency_ms: float
     ttft_ms: float | None
 
 
-Check = Callable[[dict[str, Any]], None]
+Check = Callable[[object], Reply]  # results' check of one reply: its verdict (an error) decides the retry
 
 
 class ChatClient:
@@ -60,8 +61,8 @@ class ChatClient:
         self._retry = retry
         self._limits = limits
         self._counters = counters
-        self._transport = Transport(connection.base_url, timeout_s=retry.timeout_s, concurrency=limits.concurrency,
-                                    direct=direct, headers=connection.headers)
+        self._transport = open_transport(connection.base_url, timeout_s=retry.timeout_s,
+                                         concurrency=limits.concurrency, direct=direct, headers=connection.headers)
 
     @property
     def concurrency(self) -> int:
@@ -80,13 +81,14 @@ class ChatClient:
         """No rows are left to send: close each connection as its last request ends."""
         self._transport.wind_down()
 
-    async def complete(self, body: dict[str, Any], check: Check | None = None) -> Answer:
-        """The answer for `body`; raises the last RequestError when retries are spent or it is final."""
+    async def complete(self, body: dict[str, Any], check: Check) -> Answer:
+        """The answer for `body`, checked once per attempt by `check`; raises the last RequestError when
+        retries are spent or it is final (a malformed or cut answer is retried like a 5xx)."""
         retryable: tuple[type[BaseException], ...] = (RetryableError, AuthExpiredError)
-        if check is not None and self._retry.on_invalid_output:
+        if self._retry.on_invalid_output:
             retryable = (*retryable, InvalidOutputError)
         try:
-            return await self._checked(body, check)
+            return await self._attempt(body, check)
         except RequestError as exc:
             first = exc
             if not isinstance(exc, retryable) or self._retry.max_attempts == 1:
@@ -108,7 +110,7 @@ class ChatClient:
                     if attempt.retry_state.attempt_number == 1:
                         raise first
                     attempts += 1
-                    answer = await self._checked(body, check)
+                    answer = await self._attempt(body, check)
                     answer.attempts = attempts
                     return answer
         except RequestError as exc:
@@ -116,15 +118,8 @@ class ChatClient:
             raise
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _checked(self, body: dict[str, Any], check: Check | None) -> Answer:
-        """One attempt, and the answer's check when the spec asks for JSON."""
-        answer = await self._attempt(body)
-        if check is not None:
-            check(answer.response)
-        return answer
-
-    async def _attempt(self, body: dict[str, Any]) -> Answer:
-        """One HTTP request, timed, with its token and its place in the limits."""
+    async def _attempt(self, body: dict[str, Any], check: Check) -> Answer:
+        """One HTTP request, timed, with its token and its place in the limits, and its answer checked."""
         ticket = await self._limits.start(body)
         try:
             token = await self._connection.tokens.token()
@@ -145,10 +140,11 @@ class ChatClient:
             self._limits.failed(ticket)
             raise
         latency_ms = (time.perf_counter() - started) * 1000
-        self._limits.finished(ticket, response.get("usage") or {})
+        usage = response.get("usage") if isinstance(response, dict) else None
+        self._limits.finished(ticket, usage if isinstance(usage, dict) else {})
         if self._limits.cost is not None:
             self._counters.cost = self._limits.cost.run_spent
-        return Answer(response=response, attempts=1, latency_ms=latency_ms, ttft_ms=ttft)
+        return Answer(reply=check(response), attempts=1, latency_ms=latency_ms, ttft_ms=ttft)
 
     def _note_failure(self, error: RequestError, token: str, ticket: Ticket) -> None:
         """Counters, the limits, and a 401'd token, before tenacity decides what follows."""

@@ -9,7 +9,9 @@
 
     RequestError                  one request failed; carried into an `error` row, never raised to the CLI
     ├── RetryableError            429, 5xx, timeouts, dropped connections: retried with backoff
-    │   └── RateLimitedError      429 specifically: also slows the pool down
+    │   ├── RateLimitedError      429 specifically: also slows the pool down
+    │   ├── MalformedResponseError  a 200 that is not a whole answer (not JSON, an error body, no choices)
+    │   └── StreamCutError        a stream that ended before its finish chunk
     ├── AuthExpiredError          401: the token is refreshed and the request sent again
     ├── FinalError                400/403/404 and other refusals: never retried
     └── InvalidOutputError        the answer did not parse or match the schema
@@ -103,6 +105,18 @@ class RateLimitedError(RetryableError):
     error_type = "rate_limited"
 
 
+class MalformedResponseError(RetryableError):
+    """A 200 whose body is not a whole chat.completion: saving it would make an ok row of nulls."""
+
+    error_type = "malformed_response"
+
+
+class StreamCutError(RetryableError):
+    """A stream that ended before its finish chunk: what arrived is part of an answer."""
+
+    error_type = "stream_cut"
+
+
 class AuthExpiredError(RequestError):
     """401: the access token was rejected; refresh and send again."""
 
@@ -123,3 +137,20 @@ class InvalidOutputError(RequestError):
     def __init__(self, message: str, *, raw: dict[str, object]) -> None:
         super().__init__(message)
         self.raw = raw
+
+
+def error_of(body: object) -> dict[str, object] | None:
+    """The error object of an OpenAI body `{"error": {...}}` or a Google list body `[{"error": {...}}]`."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def server_message(body: object) -> str | None:
+    """What an error body says, Google's status name first: `INVALID_ARGUMENT: ...`."""
+    error = error_of(body) or (body if isinstance(body, dict) else None)
+    if error and error.get("message"):
+        status = error.get("status")
+        return f"{status}: {error['message']}" if status else str(error["message"])
+    return None

@@ -1,4 +1,9 @@
-"""Response -> output row: content without thoughts, reasoning, parsed JSON, tool calls, media, usage."""
+"""Response -> output row: content without thoughts, reasoning, parsed JSON, tool calls, media, usage.
+
+An answer is checked here once, as it arrives (`ResultBuilder.check`, which the client calls on every
+attempt): is it a whole chat.completion, does its media decode, does its JSON parse and fit the schema.
+The check's error decides the retry; its `Reply` carries what it parsed into the row.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,32 @@ import binascii
 import datetime
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 
-from batchrun.errors import InvalidOutputError, RequestError
+from batchrun.errors import (
+    InvalidOutputError,
+    MalformedResponseError,
+    RequestError,
+    StreamCutError,
+    error_of,
+    server_message,
+)
 from batchrun.redact import redact
 
 Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer that passed its check, with what the check decoded: nothing is parsed twice."""
+
+    response: dict[str, Any]
+    parsed: str | None  # the JSON answer re-serialised, when the spec asked for JSON
+    media: bytes | None
+    media_mime_type: str | None
 
 
 def _now() -> datetime.datetime:
@@ -23,7 +46,7 @@ def _now() -> datetime.datetime:
 
 
 class ResultBuilder:
-    """Turns answers and failures into rows of the output table (design.md section 3)."""
+    """Turns answers and failures into rows of the output table (docs/analysts.md lists them)."""
 
     def __init__(self, *, thought_marker: str | None, response_format: dict[str, Any] | None) -> None:
         self._thoughts = (
@@ -36,15 +59,12 @@ class ResultBuilder:
         schema = (response_format or {}).get("json_schema", {}).get("schema") if kind == "json_schema" else None
         self._validator = jsonschema.Draft202012Validator(schema) if isinstance(schema, dict) else None
 
-    @property
-    def wants_json(self) -> bool:
-        """Whether the spec asked for a JSON answer (response_format)."""
-        return self._wants_json
-
-    def check(self, response: dict[str, Any]) -> None:
-        """Raise InvalidOutputError when a JSON answer was asked for and this one does not parse or fit."""
-        if self._wants_json:
-            self._parse(response)
+    def check(self, body: object) -> Reply:
+        """The Reply for a 200's JSON; MalformedResponseError when it is not a whole answer (retried like a
+        5xx), InvalidOutputError when its media do not decode or its JSON does not parse or fit."""
+        response = whole(body)
+        media, mime = _media(response)
+        return Reply(response, self._parse(response) if self._wants_json else None, media, mime)
 
     def _parse(self, response: dict[str, Any]) -> str | None:
         """The JSON answer re-serialised, or InvalidOutputError; None when there is no text answer."""
@@ -77,14 +97,15 @@ class ResultBuilder:
         answer = self._thoughts.sub("", content).strip()
         return answer, "\n\n".join(t for t in thoughts if t) or None
 
-    def ok(self, rid: str, response: dict[str, Any], *, attempts: int, latency_ms: float,
-           ttft_ms: float | None) -> Row:
-        """The `ok` row for a response (fields Vertex omits on cut-off answers stay null)."""
+    def ok(self, rid: str, reply: Reply, *, attempts: int, latency_ms: float, ttft_ms: float | None) -> Row:
+        """The `ok` row for a checked answer (fields Vertex omits on cut-off answers stay null)."""
         return {
             "id": rid,
             "status": "ok",
-            **self._answer(response),
-            "parsed": self._parse(response) if self._wants_json else None,
+            **self._answer(reply.response),
+            "media": reply.media,
+            "media_mime_type": reply.media_mime_type,
+            "parsed": reply.parsed,
             "attempts": attempts,
             "latency_ms": latency_ms,
             "ttft_ms": ttft_ms,
@@ -103,7 +124,7 @@ class ResultBuilder:
             "finished_at": _now(),
         }
         if isinstance(error, InvalidOutputError):
-            row.update(self._answer(error.raw))
+            row.update(self._answer(error.raw))  # its media, if any, are what failed
         return row
 
     def _answer(self, response: dict[str, Any]) -> Row:
@@ -113,13 +134,12 @@ class ResultBuilder:
         usage = response.get("usage") or {}
         details = usage.get("completion_tokens_details") or {}
         google = ((usage.get("extra_properties") or {}).get("google")) or {}
-        media, mime = _media(message)
+        extra = message.get("extra_content")
         return {
             "content": content,
             "reasoning": reasoning,
             "tool_calls": _tool_calls(message),
-            "media": media,
-            "media_mime_type": mime,
+            "extra_content": json.dumps(extra, ensure_ascii=False) if extra else None,
             "finish_reason": _choice(response).get("finish_reason"),
             "model": response.get("model"),
             "response_id": response.get("id"),
@@ -142,6 +162,29 @@ def input_error(rid: str, message: str) -> Row:
         "error_message": redact(message),
         "finished_at": _now(),
     }
+
+
+def whole(body: object) -> dict[str, Any]:
+    """The body when it is a whole chat.completion, else MalformedResponseError saying what it is instead.
+
+    A first choice with `finish_reason` and no `message` is whole: Vertex answers so when the output was
+    cut off before any token (an ok row with null content).
+    """
+    error = error_of(body)
+    if error is not None:
+        said = server_message(body) or json.dumps(error)[:300]
+        raise MalformedResponseError(redact(f"a 200 whose body is an error: {said}"))
+    if not isinstance(body, dict):
+        raise MalformedResponseError(f"response body is a JSON {type(body).__name__}, not an object")
+    choices = body.get("choices")
+    if not isinstance(choices, list):
+        raise MalformedResponseError("response has no `choices`")
+    if not choices:
+        raise MalformedResponseError("response has `choices: []`: no answer")
+    first = choices[0]
+    if not isinstance(first, dict) or not (isinstance(first.get("message"), dict) or first.get("finish_reason")):
+        raise MalformedResponseError("response's first choice has neither a message nor a finish_reason")
+    return body
 
 
 def _choice(response: dict[str, Any]) -> dict[str, Any]:
@@ -193,15 +236,17 @@ def assistant_message(tool_calls: str) -> dict[str, Any]:
     }
 
 
-def _media(message: dict[str, Any]) -> tuple[bytes | None, str | None]:
-    """Generated image/audio bytes from `message.audio` and their MIME type."""
-    audio = message.get("audio")
+def _media(response: dict[str, Any]) -> tuple[bytes | None, str | None]:
+    """Generated image/audio bytes from `message.audio` and their MIME type; bytes that are not base64
+    are an invalid answer, not an answer without media."""
+    audio = _message(response).get("audio")
     if not isinstance(audio, dict) or not audio.get("data"):
         return None, None
     try:
-        data = base64.b64decode(audio["data"], validate=False)
-    except (binascii.Error, ValueError):
-        return None, None
+        data = base64.b64decode(str(audio["data"]), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidOutputError(f"the answer's media (audio.data) is not valid base64 ({exc})",
+                                 raw=response) from None
     mime = ((audio.get("extra_content") or {}).get("google") or {}).get("mime_type") or audio.get("format")
     return data, mime
 
@@ -227,25 +272,40 @@ class StreamAssembler:
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None
         self._audio: dict[str, Any] | None = None
+        self._media: list[str] = []
+        self._extra: object = None
+        self._chunks = 0
 
     def add(self, chunk: dict[str, Any]) -> None:
         """Fold one chunk in; usage and finish_reason arrive on the last content chunk."""
+        self._chunks += 1
         if not self._first:
             self._first = {k: chunk.get(k) for k in ("id", "model", "created")}
         if chunk.get("usage"):
             self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or {}
+            delta = choice.get("delta")
+            delta = delta if isinstance(delta, dict) else {}
             if isinstance(delta.get("content"), str):
                 self._content.append(delta["content"])
             if isinstance(delta.get("audio"), dict):
-                self._audio = delta["audio"]
+                self._add_media(delta["audio"])
+            if delta.get("extra_content"):
+                self._extra = delta["extra_content"]
             for call in delta.get("tool_calls") or []:
                 self._add_call(call)
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
+
+    def _add_media(self, audio: dict[str, Any]) -> None:
+        """Join `audio.data` pieces; the first piece carries the rest of the object (its mime_type)."""
+        if self._audio is None:
+            self._audio = {k: v for k, v in audio.items() if k != "data"}
+        if isinstance(audio.get("data"), str):
+            self._media.append(audio["data"])
 
     def _add_call(self, call: dict[str, Any]) -> None:
         """Append argument pieces to the call with the same id (indexes are not reliable on Vertex)."""
@@ -264,12 +324,17 @@ class StreamAssembler:
             entry["extra_content"] = call["extra_content"]
 
     def result(self) -> dict[str, Any]:
-        """The assembled response, shaped like a non-streamed one."""
+        """The assembled response, shaped like a non-streamed one; StreamCutError when the stream ended
+        before its finish chunk (whether `[DONE]` came is not visible through the SDK; the finish is)."""
+        if self._finish is None:
+            raise StreamCutError(f"the stream ended before its finish chunk ({self._chunks} chunks, no finish_reason)")
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self._content) or None}
         if self._calls:
             message["tool_calls"] = [self._calls[k] for k in self._order]
-        if self._audio:
-            message["audio"] = self._audio
+        if self._audio is not None:
+            message["audio"] = {**self._audio, "data": "".join(self._media)}
+        if self._extra:
+            message["extra_content"] = self._extra
         return {
             **self._first,
             "object": "chat.completion",

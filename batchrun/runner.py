@@ -348,9 +348,8 @@ class Runner:
     async def _send(self, client: ChatClient, record: Record, body: dict[str, Any]) -> Row | None:
         """One row's request, retried by the client, as an ok or error row; None when the cost cap stopped the run."""
         builder = self._builder_for(body)
-        check = builder.check if builder.wants_json else None
         try:
-            answer = await client.complete(body, check)
+            answer = await client.complete(body, builder.check)
         except RequestError as exc:
             return builder.failed(record.id, exc, attempts=exc.attempts)
         except CapReached as exc:
@@ -358,8 +357,8 @@ class Runner:
             self.stop(exc.message)
             return None
         self._successes += 1
-        self.counters.tokens += int((answer.response.get("usage") or {}).get("total_tokens") or 0)
-        return builder.ok(record.id, answer.response, attempts=answer.attempts,
+        self.counters.tokens += int((answer.reply.response.get("usage") or {}).get("total_tokens") or 0)
+        return builder.ok(record.id, answer.reply, attempts=answer.attempts,
                           latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
 
     def _builder_for(self, body: dict[str, Any]) -> ResultBuilder:

@@ -11,6 +11,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("reasoning", pa.string()),
     pa.field("parsed", pa.string()),
     pa.field("tool_calls", pa.string()),
+    pa.field("extra_content", pa.string()),
     pa.field("media", pa.binary()),
     pa.field("media_mime_type", pa.string()),
     pa.field("finish_reason", pa.string()),

@@ -101,8 +101,10 @@ class Choice:
         deltas: list[dict[str, Any]] = [{"content": piece} for piece in self.pieces]
         for k, call in enumerate(self.tool_calls):
             deltas.extend(_call_deltas(k, call, stream_arguments))
-        if self.media is not None:
-            deltas.append(self._media_fields())
+        if self.media is not None:  # the bytes come in pieces; the first carries the mime_type and signature
+            first, *rest = _split(self.media["data"], 3) or [""]
+            deltas.append({**self._media_fields(), "audio": {**self.media, "data": first}})
+            deltas.extend({"audio": {"data": piece}} for piece in rest)
         return [{**delta, "role": "assistant"} for delta in deltas or [{}]]
 
     def _media_fields(self) -> dict[str, Any]:

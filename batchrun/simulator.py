@@ -11,7 +11,8 @@ One aiohttp app serves what a batch job talks to on Google Cloud:
     POST /_sim/config, /_sim/reset                               change faults at runtime; zero the figures
 
 A chat request meets, in order: auth, body size, storm, quota, random faults, then the answer
-(`sim_answers`, deterministic for the same body). Errors have Google's list bodies.
+(`sim_answers`, deterministic for the same body), broken into one of BROKEN_SHAPES on a fraction
+`rate_broken` of answers when `broken_answer` names one. Errors have Google's list bodies.
 """
 
 from __future__ import annotations
@@ -53,6 +54,20 @@ HANG_S = 3600.0  # a "hang" outlives any client timeout
 SHUTDOWN_S = 0.5  # stop() does not wait for hanging handlers
 MAX_READ_BYTES = 1 << 30  # aiohttp's own cap; max_body_bytes is checked after reading, as Vertex answers 400
 FAULTS = ("rate_429", "rate_500", "rate_503", "rate_reset", "rate_hang", "rate_truncated", "rate_not_json")
+BROKEN_SHAPES = {  # what a 200 can carry that is not a whole answer (docs/reliability.md, "Broken answers")
+    "error_body": 'a JSON body {"error": {...}} (the error of `broken_status`)',
+    "error_list_body": 'Google\'s list form [{"error": {...}}]',
+    "empty_choices": '"choices": []',
+    "no_choices": "a completion without `choices`",
+    "bad_media": "`audio.data` that is not base64",
+    "stream_cut": "a stream that ends before its finish chunk, without [DONE]",
+    "stream_error": 'a stream with a `data: {"error": {...}}` event after its first chunk',
+    "stream_error_list": 'a stream with a `data: [{"error": {...}}]` event after its first chunk',
+    "json_for_stream": "a plain JSON completion in reply to `stream: true` (a whole answer)",
+}
+STREAM_SHAPES = ("stream_cut", "stream_error", "stream_error_list", "json_for_stream")  # streams only
+SSE_SHAPES = ("bad_media", "stream_cut", "stream_error", "stream_error_list")  # the rest answer a stream as JSON
+BAD_BASE64 = "not*base64*data!"
 CONVENIENCES = {"storm_for_s": "storm_until", "token_fail_for_s": "token_fail_until"}
 STATUS = {
     400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
@@ -108,6 +123,9 @@ class SimulatorConfig:
     rate_truncated: float = 0.0  # 200 with half a body
     rate_not_json: float = 0.0  # 200 with an HTML page for a body
     rate_invalid_json_answer: float = 0.0  # response_format answers whose content is not JSON
+    broken_answer: str | None = None  # one of BROKEN_SHAPES, served on `rate_broken` of the answers
+    rate_broken: float = 0.0
+    broken_status: int = 500  # the status an error body or error event names
     retry_after_s: float | None = None  # 429s then carry Retry-After and a RetryInfo detail
     storm_until: float = 0.0  # monotonic deadline: every chat request gets 429 until then
     token_ttl_s: int = 3600  # expires_in of issued access tokens
@@ -138,6 +156,10 @@ class SimulatorConfig:
                 hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(types)}"
                 raise ValueError(f"unknown simulator setting {key!r}{hint}")
             values[key] = _checked(key, value, types[key])
+        if values.get("broken_answer") not in (None, *BROKEN_SHAPES):
+            raise ValueError(f"unknown broken_answer {values['broken_answer']!r}; valid: {', '.join(BROKEN_SHAPES)}")
+        if values.get("broken_status", 500) not in STATUS:
+            raise ValueError(f"broken_status must be one of {', '.join(map(str, STATUS))}")
         return cls(**values)
 
 
@@ -151,6 +173,7 @@ class SimStats:
     hangs: int = 0
     truncated: int = 0
     not_json: int = 0
+    broken: int = 0
     tokens_issued: int = 0
     token_requests: int = 0
     in_flight: int = 0
@@ -364,16 +387,63 @@ class Simulator:
         cached = self._cached_tokens(body.get("messages"))
         head = {"created": int(time.time()), "id": secrets.token_urlsafe(16), "model": model}
         await self._tier_delay(traffic_type)
-        if body.get("stream"):
+        stream = bool(body.get("stream"))
+        shape = self._draw_broken(stream)
+        if stream and shape is not None and shape not in SSE_SHAPES:
+            stream = False  # a plain JSON body in reply to a stream
+        if stream:
             chunks = answer.chunks(head, traffic_type)
             _add_cached(chunks[-1]["usage"], cached)
-            events = [b"data: " + _dumps(c) + b"\n\n" for c in chunks]
-            return await self._stream(request, [*events, b"data: [DONE]\n\n"], truncated)
+            return await self._stream(request, self._events(chunks, shape), truncated)
         await asyncio.sleep(self._latency())
         completion = answer.completion(head, traffic_type)
         _add_cached(completion["usage"], cached)
-        payload = _dumps(completion)
+        payload = _dumps(self._broken(completion, shape))
         return web.Response(body=self._cut(payload) if truncated else payload, content_type="application/json")
+
+    def _draw_broken(self, stream: bool) -> str | None:
+        """The broken shape this answer gets, if any; drawn only when the switch is on, so seeded runs
+        without it see the same faults as before."""
+        config = self.config
+        if config.broken_answer is None or not config.rate_broken or self._rng.random() >= config.rate_broken:
+            return None
+        if not stream and config.broken_answer in STREAM_SHAPES:
+            return None
+        self.stats.broken += 1
+        return config.broken_answer
+
+    def _broken_error(self) -> dict[str, Any]:
+        """The error object a broken body or event carries: Google's fields, its code an HTTP status."""
+        status = self.config.broken_status
+        return {"code": status, "message": STATUS[status][1], "status": STATUS[status][0]}
+
+    def _broken(self, completion: dict[str, Any], shape: str | None) -> Any:
+        """A non-streamed completion, broken into `shape`."""
+        if shape == "error_body":
+            return {"error": self._broken_error()}
+        if shape == "error_list_body":
+            return [{"error": self._broken_error()}]
+        if shape == "empty_choices":
+            return {**completion, "choices": []}
+        if shape == "no_choices":
+            return {k: v for k, v in completion.items() if k != "choices"}
+        if shape == "bad_media":
+            message = completion["choices"][0].setdefault("message", {"role": "assistant", "content": None})
+            message["audio"] = {**(message.get("audio") or {}), "data": BAD_BASE64}
+        return completion
+
+    def _events(self, chunks: list[dict[str, Any]], shape: str | None) -> list[bytes]:
+        """A stream's SSE events ending in [DONE], or broken into `shape`."""
+        if shape == "bad_media":
+            delta = chunks[0]["choices"][0]["delta"]
+            delta["audio"] = {**(delta.get("audio") or {}), "data": BAD_BASE64}
+        events = [b"data: " + _dumps(c) + b"\n\n" for c in chunks]
+        if shape == "stream_cut":
+            return events[:-1]
+        if shape in ("stream_error", "stream_error_list"):
+            error: Any = {"error": self._broken_error()}
+            return [events[0], b"data: " + _dumps(error if shape == "stream_error" else [error]) + b"\n\n"]
+        return [*events, b"data: [DONE]\n\n"]
 
     def _traffic_type(self, headers: Mapping[str, str], now: float) -> str | None:
         """Which consumption option serves the request, as Vertex's headers choose it; None: dedicated and full.

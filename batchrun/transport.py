@@ -4,8 +4,11 @@ The SDK costs about 2 ms of CPU per request on this project's benchmark machine 
 times a plain aiohttp POST, which would make batchrun the bottleneck at a few hundred requests a
 second. So `endpoint.transport: direct` (the default) posts non-streamed requests itself, while
 streams, and every request under `transport: openai`, go through the SDK (imported only then).
-Both paths raise only batchrun's RequestErrors: this module is the one boundary where aiohttp's and
-openai's exceptions are translated.
+`DirectTransport` and `SdkTransport` are the two answers to the `Transport` interface. Both raise only
+batchrun's RequestErrors: this module is the one boundary where aiohttp's and openai's exceptions,
+HTTP error statuses and a stream's error events are translated (the original kept as `__cause__`;
+messages are redacted here, tracebacks where they are printed). Whether a 200's JSON is a whole answer
+is for `results` to say.
 """
 
 from __future__ import annotations
@@ -17,14 +20,23 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import yarl
 from multidict import CIMultiDict
 
 from batchrun import __version__
-from batchrun.errors import AuthExpiredError, FinalError, RateLimitedError, RequestError, RetryableError
+from batchrun.errors import (
+    AuthExpiredError,
+    FinalError,
+    MalformedResponseError,
+    RateLimitedError,
+    RequestError,
+    RetryableError,
+    error_of,
+    server_message,
+)
 from batchrun.redact import redact
 
 if TYPE_CHECKING:
@@ -33,91 +45,100 @@ if TYPE_CHECKING:
 _DELAY = re.compile(r"^\s*([0-9.]+)\s*s?\s*$")
 _ERROR_TEXT_CHARS = 300
 _DROPPED = ("disconnect", "reset", "refused", "closed", "broken pipe")
+_RPC_STATUS = {  # google.rpc.Code names an error event may carry instead of an HTTP code
+    "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "INTERNAL": 500,
+    "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+}
 
 
-class Transport:
-    """Sends one Chat Completions attempt and returns the response as a dict."""
+class Transport(Protocol):
+    """What the client needs of a transport: one attempt, plain or streamed, and the pool's end."""
 
-    def __init__(self, base_url: str, *, timeout_s: float, concurrency: int, direct: bool = True,
-                 headers: Mapping[str, str] | None = None) -> None:
-        self._base_url = base_url
-        self._timeout_s = timeout_s
-        self._connections = concurrency + 8
-        self._direct = direct
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._proxy = _env_proxy(self._url)
-        self._target = yarl.URL(self._url)  # parsed once, not per request
-        self._headers = {"Accept": "application/json", "Content-Type": "application/json",
-                         "User-Agent": f"batchrun/{__version__} aiohttp/{aiohttp.__version__}", **(headers or {})}
-        self._extra_headers = dict(headers or {})
-        self._session: aiohttp.ClientSession | None = None
-        self._client: openai.AsyncOpenAI | None = None
-        self._auth: tuple[str, CIMultiDict[str]] = ("", CIMultiDict())
+    async def send(self, body: dict[str, Any], token: str) -> object:
+        """One non-streamed request: the reply's JSON, not yet checked for being a whole answer."""
+
+    async def stream(self, body: dict[str, Any], token: str, started: float) -> tuple[object, float]:
+        """A streamed request, assembled into the shape of a non-streamed answer, and its time to first token."""
 
     async def close(self) -> None:
         """Close every connection."""
-        if self._session is not None:
-            await self._session.close()
+
+    def wind_down(self) -> None:
+        """No rows are left to send: close each connection as its answer arrives."""
+
+
+def open_transport(base_url: str, *, timeout_s: float, concurrency: int, direct: bool,
+                   headers: Mapping[str, str] | None = None) -> Transport:
+    """The transport `endpoint.transport` names: `direct` (aiohttp, the SDK for streams) or `openai`;
+    `headers` go on every request."""
+    kind = DirectTransport if direct else SdkTransport
+    return kind(base_url, timeout_s=timeout_s, connections=concurrency + 8, headers=headers)
+
+
+class SdkTransport:
+    """Every request through the openai SDK, imported and built on first use (its import alone costs
+    half a second of CPU)."""
+
+    def __init__(self, base_url: str, *, timeout_s: float, connections: int,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self._base_url = base_url
+        self._timeout_s = timeout_s
+        self._connections = connections
+        self._extra_headers = dict(headers or {})
+        self._client: openai.AsyncOpenAI | None = None
+        self._closing: dict[str, str] = {}
+
+    async def close(self) -> None:
+        """Close every connection."""
         if self._client is not None:
             await self._client.close()
 
     def wind_down(self) -> None:
-        """Ask for `Connection: close` from now on, so each connection closes with its answer instead of
-        all 2,000 at once in `close`, which stalls the event loop for tens of milliseconds. Every worker
-        calls it as it finishes; only the first rebuilds the headers."""
-        if self._headers.get("Connection") != "close":
-            self._headers["Connection"] = "close"
-            self._auth = ("", CIMultiDict())
+        """Ask for `Connection: close` from now on, as DirectTransport does."""
+        self._closing = {"Connection": "close"}
 
-    async def send(self, body: dict[str, Any], token: str) -> dict[str, Any]:
+    async def send(self, body: dict[str, Any], token: str) -> object:
         """One non-streamed request."""
-        if not self._direct:
-            try:
-                raw = await self._sdk().post("/chat/completions", cast_to=bytes, body=body,
-                                           options={"headers": {"Authorization": f"Bearer {token}"}})
-            except Exception as exc:
-                raise translate(exc) from None
-            return decode(raw)
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            session, headers = self._open(), self._headers_for(token)
-            async with session.post(self._target, data=payload, headers=headers, proxy=self._proxy) as response:
-                raw = await response.read()
-                status = response.status
-                if status >= 400:
-                    raise status_error(status, response.headers, _body_of(raw), raw.decode(errors="replace"))
+            raw = await self._sdk().post("/chat/completions", cast_to=bytes, body=body, options=self._options(token))
         except Exception as exc:
-            raise translate(exc) from None
+            raise translate(exc) from exc
         return decode(raw)
 
-    async def stream(self, body: dict[str, Any], token: str, started: float) -> tuple[dict[str, Any], float]:
-        """A streamed request, assembled into the shape of a non-streamed answer, and its time to first token."""
+    async def stream(self, body: dict[str, Any], token: str, started: float) -> tuple[object, float]:
+        """A streamed request; a server that answers it with a plain JSON body gets that body parsed."""
+        import openai
+
         from batchrun.results import StreamAssembler
 
         assembler = StreamAssembler()
         ttft: float | None = None
         try:
-            import openai
-
-            stream = await self._sdk().post(
-                "/chat/completions",
-                cast_to=object,
-                body=body,
-                options={"headers": {"Authorization": f"Bearer {token}"}},
-                stream=True,
-                stream_cls=openai.AsyncStream[object],
-            )
+            stream = await self._sdk().post("/chat/completions", cast_to=object, body=body,
+                                            options=self._options(token), stream=True,
+                                            stream_cls=openai.AsyncStream[object])
+            if "json" in stream.response.headers.get("content-type", ""):
+                raw = await stream.response.aread()
+                return decode(raw), (time.perf_counter() - started) * 1000
             async for chunk in stream:
                 if ttft is None:
                     ttft = (time.perf_counter() - started) * 1000
-                if isinstance(chunk, dict):
-                    assembler.add(chunk)
+                if not isinstance(chunk, dict):
+                    raise event_error(chunk)
+                assembler.add(chunk)
+        except RequestError:
+            raise
         except Exception as exc:
-            raise translate(exc) from None
+            raise translate(exc) from exc
         return assembler.result(), ttft if ttft is not None else 0.0
 
+    def _options(self, token: str) -> Any:
+        """The per-request headers: this token, and `Connection: close` once winding down."""
+        return {"headers": {"Authorization": f"Bearer {token}", **self._closing}}
+
     def _sdk(self) -> openai.AsyncOpenAI:
-        """The SDK client, imported and built on first use (its import alone costs half a second of CPU)."""
+        """The SDK client, built on first use."""
         if self._client is None:
             import httpx2
             import openai
@@ -134,6 +155,56 @@ class Transport:
                 ),
             )
         return self._client
+
+
+class DirectTransport:
+    """Non-streamed requests as plain aiohttp POSTs (the hot path); streams through an SdkTransport."""
+
+    def __init__(self, base_url: str, *, timeout_s: float, connections: int,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self._timeout_s = timeout_s
+        self._connections = connections
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._proxy = _env_proxy(self._url)
+        self._target = yarl.URL(self._url)  # parsed once, not per request
+        self._headers = {"Accept": "application/json", "Content-Type": "application/json",
+                         "User-Agent": f"batchrun/{__version__} aiohttp/{aiohttp.__version__}", **(headers or {})}
+        self._session: aiohttp.ClientSession | None = None
+        self._streams = SdkTransport(base_url, timeout_s=timeout_s, connections=connections, headers=headers)
+        self._auth: tuple[str, CIMultiDict[str]] = ("", CIMultiDict())
+
+    async def close(self) -> None:
+        """Close every connection."""
+        if self._session is not None:
+            await self._session.close()
+        await self._streams.close()
+
+    def wind_down(self) -> None:
+        """Ask for `Connection: close` from now on, so each connection closes with its answer instead of
+        all 2,000 at once in `close`, which stalls the event loop for tens of milliseconds. Every worker
+        calls it as it finishes; only the first rebuilds the headers."""
+        if self._headers.get("Connection") != "close":
+            self._headers["Connection"] = "close"
+            self._auth = ("", CIMultiDict())
+            self._streams.wind_down()
+
+    async def send(self, body: dict[str, Any], token: str) -> object:
+        """One non-streamed request."""
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            session, headers = self._open(), self._headers_for(token)
+            async with session.post(self._target, data=payload, headers=headers, proxy=self._proxy) as response:
+                raw = await response.read()
+                status = response.status
+        except Exception as exc:
+            raise translate(exc) from exc
+        if status >= 400:
+            raise status_error(status, response.headers, _body_of(raw), raw.decode(errors="replace"))
+        return decode(raw)
+
+    async def stream(self, body: dict[str, Any], token: str, started: float) -> tuple[object, float]:
+        """A streamed request, through the SDK."""
+        return await self._streams.stream(body, token, started)
 
     def _open(self) -> aiohttp.ClientSession:
         """The session, created inside the running loop on first use."""
@@ -160,27 +231,22 @@ def _env_proxy(url: str) -> str | None:
     return urllib.request.getproxies().get(parts.scheme)
 
 
-def decode(raw: bytes) -> dict[str, Any]:
-    """Parse a response body; a cut or non-JSON body is a transient failure."""
+def decode(raw: bytes) -> object:
+    """Parse a 200's body; a cut or non-JSON body is malformed (and retried). Its shape is checked in results."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise RetryableError(f"response body is not JSON ({len(raw)} bytes, truncated?)") from None
-    if not isinstance(data, dict):
-        raise RetryableError(f"response body is a JSON {type(data).__name__}, not an object")
-    return data
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise MalformedResponseError(f"response body is not JSON ({len(raw)} bytes, truncated?)") from None
 
 
-def translate(exc: BaseException) -> RequestError:
+def translate(exc: Exception) -> RequestError:
     """Map aiohttp's and openai's exceptions onto batchrun's retry classes; anything else is a bug."""
-    if isinstance(exc, RequestError):
-        return exc
     if isinstance(exc, asyncio.TimeoutError):
         return RetryableError("request timed out (retry.timeout_s)")
     if isinstance(exc, aiohttp.ClientError):
         return RetryableError(redact(f"connection failed or dropped: {exc or type(exc).__name__}"))
-    if isinstance(exc, ValueError):
-        return RetryableError(redact(f"malformed response: {exc}"))
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):  # the SDK parsing a stream's event
+        return MalformedResponseError(redact(f"a stream event is not JSON: {exc}"))
     import openai  # only the SDK's errors are left, and raising them imported it
 
     if isinstance(exc, openai.APIStatusError):
@@ -193,13 +259,26 @@ def translate(exc: BaseException) -> RequestError:
             return RetryableError("request timed out (retry.timeout_s)")
         return RetryableError(redact(f"connection failed or dropped: {detail or type(cause).__name__}"))
     if isinstance(exc, openai.APIResponseValidationError):
-        return RetryableError(redact(f"malformed response: {exc}"))
+        return MalformedResponseError(redact(f"malformed response: {exc}"))
+    if isinstance(exc, openai.APIError):  # the SDK raises a stream's `data: {"error": ...}` event as this
+        return event_error({"error": exc.body}, exc.message)
     raise exc
+
+
+def event_error(event: object, text: str = "") -> RequestError:
+    """The RequestError for an error event inside a 200 stream, classed as its own status would be;
+    an event that is neither a chunk nor an error is malformed."""
+    error = error_of(event)
+    if error is None:
+        return MalformedResponseError(f"a stream event is a JSON {type(event).__name__}, not a chunk")
+    code = error.get("code")
+    status = code if isinstance(code, int) and 400 <= code < 600 else _RPC_STATUS.get(str(error.get("status")), 500)
+    return status_error(status, {}, {"error": error}, text or "error event in the stream")
 
 
 def status_error(status: int, headers: Mapping[str, str], body: object, text: str) -> RequestError:
     """The RequestError for an HTTP error status, keeping the server's message and its retry hint."""
-    message = redact(f"HTTP {status}: {_server_message(body) or text[:_ERROR_TEXT_CHARS]}")
+    message = redact(f"HTTP {status}: {server_message(body) or text[:_ERROR_TEXT_CHARS]}")
     retry_after = _retry_after(headers, body)
     if status == 429:
         return RateLimitedError(message, http_status=status, retry_after=retry_after)
@@ -218,18 +297,6 @@ def _body_of(raw: bytes) -> object:
         return None
 
 
-def _server_message(body: object) -> str | None:
-    """The message in a Google list body `[{"error": {...}}]` or an OpenAI object body."""
-    if isinstance(body, list) and body:
-        body = body[0]
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict) and error.get("message"):
-            status = error.get("status")
-            return f"{status}: {error['message']}" if status else str(error["message"])
-    return None
-
-
 def _retry_after(headers: Mapping[str, str], body: object) -> float | None:
     """Seconds to wait from a Retry-After header or Google's RetryInfo.retryDelay ("42s")."""
     header = headers.get("retry-after")
@@ -238,10 +305,8 @@ def _retry_after(headers: Mapping[str, str], body: object) -> float | None:
             return max(0.0, float(header))
         except ValueError:
             pass
-    if isinstance(body, list) and body:
-        body = body[0]
-    error = body.get("error") if isinstance(body, dict) else None
-    details = error.get("details") if isinstance(error, dict) else None
+    error = error_of(body)
+    details = error.get("details") if error else None
     for detail in details if isinstance(details, list) else []:
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
             match = _DELAY.match(str(detail.get("retryDelay", "")))

@@ -14,11 +14,13 @@ from batchrun.endpoints import Connection, vertex_url
 from batchrun.errors import FinalError, RateLimitedError, RetryableError
 from batchrun.limits import Limits
 from batchrun.progress import Counters
+from batchrun.results import ResultBuilder
 from batchrun.simulator import make_service_account_info, vertex_base_url
 from batchrun.spec import EndpointSpec, LimitsSpec, RetrySpec
 from tests.conftest import Sim
 
 BODY = {"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "content": "hello"}]}
+CHECK = ResultBuilder(thought_marker=None, response_format=None).check
 
 
 def complete(connection: Connection, attempts: int = 1, body: dict[str, Any] = BODY) -> Any:
@@ -27,7 +29,7 @@ def complete(connection: Connection, attempts: int = 1, body: dict[str, Any] = B
             connection, RetrySpec(max_attempts=attempts, timeout_s=5), Limits(LimitsSpec(concurrency=4)), Counters()
         )
         try:
-            return await client.complete(body)
+            return await client.complete(body, CHECK)
         finally:
             await client.close()
 
@@ -71,7 +73,7 @@ def test_revoked_token_is_refreshed_and_the_request_succeeds(sim: Sim) -> None:
     asyncio.run(connection.tokens.token())
     sim.configure(revoke_now=True)
     answer = complete(connection, attempts=3)
-    assert answer.attempts == 2 and answer.response["choices"][0]["message"]["content"]
+    assert answer.attempts == 2 and answer.reply.response["choices"][0]["message"]["content"]
 
 
 def test_wrong_api_key_is_final_and_not_echoed(sim: Sim) -> None:
@@ -96,7 +98,7 @@ def test_dropped_connection_and_timeout_are_transient(sim: Sim) -> None:
             google(sim), RetrySpec(max_attempts=1, timeout_s=0.5), Limits(LimitsSpec(concurrency=2)), Counters()
         )
         try:
-            await client.complete(BODY)
+            await client.complete(BODY, CHECK)
         finally:
             await client.close()
 

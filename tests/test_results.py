@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import pytest
 
-from batchrun.errors import InvalidOutputError
+from batchrun.errors import InvalidOutputError, MalformedResponseError, StreamCutError
 from batchrun.results import ResultBuilder, StreamAssembler, assistant_message
 
 
@@ -33,9 +34,8 @@ def response(
 
 
 def build(resp: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    return ResultBuilder(**{"thought_marker": None, "response_format": None, **kw}).ok(
-        "r1", resp, attempts=1, latency_ms=5.0, ttft_ms=None
-    )
+    builder = ResultBuilder(**{"thought_marker": None, "response_format": None, **kw})
+    return builder.ok("r1", builder.check(resp), attempts=1, latency_ms=5.0, ttft_ms=None)
 
 
 def test_usage_and_traffic_type() -> None:
@@ -181,3 +181,72 @@ def test_stream_assembly_keys_tool_calls_by_id() -> None:
     calls = result["choices"][0]["message"]["tool_calls"]
     assert [(c["id"], c["function"]["arguments"]) for c in calls] == [("c1", '{"a":1}'), ("c2", "{}")]
     assert result["usage"] == {"total_tokens": 7} and result["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"error": {"code": 500, "message": "Internal error encountered.", "status": "INTERNAL"}}, "INTERNAL"),
+        ([{"error": {"code": 503, "message": "The service is unavailable.", "status": "UNAVAILABLE"}}], "UNAVAILABLE"),
+        ({"id": "r", "object": "chat.completion", "choices": []}, "choices: []"),
+        ({"id": "r", "object": "chat.completion", "usage": {}}, "no `choices`"),
+        ({"choices": [{"index": 0}]}, "neither a message nor a finish_reason"),
+        (["not", "an", "answer"], "JSON list"),
+    ],
+    ids=["error-object", "error-list", "empty-choices", "no-choices", "bare-choice", "list"],
+)
+def test_a_200_that_is_no_whole_answer_is_malformed(body: object, words: str) -> None:
+    """An error body (object or Google's list), no choices or an empty list are malformed, never an ok row."""
+    with pytest.raises(MalformedResponseError, match=re.escape(words)) as err:
+        ResultBuilder(thought_marker=None, response_format=None).check(body)
+    assert err.value.error_type == "malformed_response"
+
+
+def test_media_that_are_not_base64_are_invalid_output() -> None:
+    """`audio.data` that does not decode is an invalid_output error, not an ok row without media."""
+    with pytest.raises(InvalidOutputError, match="not valid base64"):
+        build(response({"content": None, "audio": {"data": "not*base64*data!"}}))
+
+
+def test_the_message_extra_content_is_kept() -> None:
+    """Image generation's message-level thought_signature lands in `extra_content` as JSON text."""
+    extra = {"google": {"thought_signature": "c2ln"}}
+    audio = {"data": base64.b64encode(b"\x89PNG").decode(), "extra_content": {"google": {"mime_type": "image/png"}}}
+    row = build(response({"content": None, "audio": audio, "extra_content": extra}))
+    assert json.loads(row["extra_content"]) == extra and row["media_mime_type"] == "image/png"
+    assert build(response({"content": "hi"}))["extra_content"] is None
+
+
+def test_the_json_answer_is_parsed_once_and_carried() -> None:
+    """The check's parsed value is what the row holds: results never parse the answer again."""
+    builder = ResultBuilder(thought_marker=None, response_format={"type": "json_object"})
+    reply = builder.check(response({"content": '```json\n{"a": 1}\n```'}))
+    assert reply.parsed == '{"a":1}'
+    assert builder.ok("r1", reply, attempts=1, latency_ms=1.0, ttft_ms=None)["parsed"] == '{"a":1}'
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    """One stream chunk of choice 0."""
+    return {"id": "x", "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def test_a_stream_without_its_finish_chunk_is_cut() -> None:
+    """Chunks that never reach a finish_reason are part of an answer: StreamCutError, not a short ok row."""
+    assembler = StreamAssembler()
+    assembler.add(chunk({"role": "assistant", "content": "The answer is"}))
+    with pytest.raises(StreamCutError, match="1 chunks"):
+        assembler.result()
+
+
+def test_streamed_media_pieces_are_joined() -> None:
+    """`delta.audio.data` over several chunks is one image; the first piece's mime_type and signature stay."""
+    data = base64.b64encode(b"\x89PNG" + bytes(range(200))).decode()
+    extra = {"google": {"thought_signature": "c2ln"}}
+    mime = {"google": {"mime_type": "image/png"}}
+    assembler = StreamAssembler()
+    assembler.add(chunk({"audio": {"data": data[:40], "extra_content": mime}, "extra_content": extra}))
+    assembler.add(chunk({"audio": {"data": data[40:100]}}))
+    assembler.add(chunk({"audio": {"data": data[100:]}}, finish="stop"))
+    row = build(assembler.result())
+    assert row["media"] == b"\x89PNG" + bytes(range(200)) and row["media_mime_type"] == "image/png"
+    assert json.loads(row["extra_content"]) == extra

@@ -654,6 +654,56 @@ def test_image_generation_returns_png(server: Server) -> None:
     assert message["content"] is None and message["extra_content"]["google"]["thought_signature"]
 
 
+def test_a_streamed_image_comes_in_pieces(server: Server) -> None:
+    """A streamed image's base64 spreads over several chunks; the first carries the mime_type and signature."""
+    whole = server.ask("Generate an image of a cat.", modalities=["image"])["choices"][0]["message"]
+    reply = server.chat(messages=[{"role": "user", "content": "Generate an image of a cat."}], modalities=["image"],
+                        stream=True)
+    deltas = [json.loads(e.removeprefix("data: "))["choices"][0]["delta"]
+              for e in reply.body.decode().split("\n\n")[:-2]]
+    pieces = [d["audio"] for d in deltas if "audio" in d]
+    assert len(pieces) > 1 and "".join(p["data"] for p in pieces) == whole["audio"]["data"]
+    assert pieces[0]["extra_content"] == whole["audio"]["extra_content"] and "extra_content" not in pieces[1]
+    assert deltas[0]["extra_content"] == whole["extra_content"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "stream", "check"),
+    [
+        ("error_body", False, lambda b: b["error"]["code"] == 503),
+        ("error_list_body", True, lambda b: b[0]["error"]["status"] == "UNAVAILABLE"),
+        ("empty_choices", False, lambda b: b["choices"] == []),
+        ("no_choices", False, lambda b: "choices" not in b and b["usage"]),
+        ("bad_media", False, lambda b: b["choices"][0]["message"]["audio"]["data"] == "not*base64*data!"),
+        ("json_for_stream", True, lambda b: b["object"] == "chat.completion"),
+        ("stream_cut", False, lambda b: b["object"] == "chat.completion"),  # a stream shape: plain answers stay whole
+    ],
+)
+def test_broken_json_shapes(server: Server, shape: str, stream: bool, check: Any) -> None:
+    """`broken_answer` serves its shape as a 200 JSON body (also to a stream, where that is the shape)."""
+    server.configure(broken_answer=shape, rate_broken=1.0, broken_status=503)
+    reply = server.chat(stream=stream)
+    assert reply.status == 200 and reply.headers["Content-Type"].startswith("application/json")
+    assert check(reply.json())
+
+
+@pytest.mark.parametrize(
+    ("shape", "last"),
+    [
+        ("stream_cut", lambda e: "finish_reason" not in e["choices"][0]),
+        ("stream_error", lambda e: e["error"]["code"] == 500),
+        ("stream_error_list", lambda e: e[0]["error"]["status"] == "INTERNAL"),
+    ],
+)
+def test_broken_stream_shapes(server: Server, shape: str, last: Any) -> None:
+    """A broken stream ends without [DONE]: before its finish chunk, or with an error event after its first."""
+    server.configure(broken_answer=shape, rate_broken=1.0)
+    events = server.chat(stream=True).body.decode().split("\n\n")
+    assert events[-1] == "" and "data: [DONE]" not in events
+    assert last(json.loads(events[-2].removeprefix("data: ")))
+    assert server.get("/_sim/stats")["broken"] == 1
+
+
 def test_audio_generation_returns_wav(server: Server) -> None:
     """modalities audio returns a readable WAV."""
     message = server.ask("Say hi.", modalities=["audio"])["choices"][0]["message"]
@@ -734,6 +784,10 @@ def test_from_mapping_rejects_unknown_and_mistyped_settings() -> None:
         SimulatorConfig.from_mapping({"rpm_qouta": 5})
     with pytest.raises(ValueError, match="'require_auth' must be bool"):
         SimulatorConfig.from_mapping({"require_auth": "yes"})
+    with pytest.raises(ValueError, match="unknown broken_answer 'cut'; valid: error_body"):
+        SimulatorConfig.from_mapping({"broken_answer": "cut"})
+    with pytest.raises(ValueError, match="broken_status must be one of"):
+        SimulatorConfig.from_mapping({"broken_status": 418})
     config = SimulatorConfig.from_mapping({"latency_s": 1, "storm_for_s": 5}, now=100.0)
     assert (config.latency_s, config.storm_until) == (1.0, 105.0)
 
