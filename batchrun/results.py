@@ -13,9 +13,7 @@ import datetime
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import (
     InvalidOutputError,
@@ -26,6 +24,9 @@ from batchrun.errors import (
     server_message,
 )
 from batchrun.redact import redact
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 Row = dict[str, Any]
 
@@ -57,7 +58,7 @@ class ResultBuilder:
         kind = (response_format or {}).get("type")
         self._wants_json = kind in ("json_object", "json_schema")
         schema = (response_format or {}).get("json_schema", {}).get("schema") if kind == "json_schema" else None
-        self._validator = jsonschema.Draft202012Validator(schema) if isinstance(schema, dict) else None
+        self._validator = _validator(schema) if isinstance(schema, dict) else None
 
     def check(self, body: object) -> Reply:
         """The Reply for a 200's JSON; MalformedResponseError when it is not a whole answer (retried like a
@@ -150,6 +151,13 @@ class ResultBuilder:
             "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
             "traffic_type": google.get("traffic_type"),
         }
+
+
+def _validator(schema: dict[str, Any]) -> Validator:
+    """A JSON Schema validator; jsonschema (0.1 s to import) is loaded only by jobs that ask for a schema."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema)
 
 
 def input_error(rid: str, message: str) -> Row:

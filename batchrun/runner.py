@@ -145,6 +145,12 @@ class Runner:
         output, options = self.output, self.options
         output.prepare(self.spec.fingerprint(), self.prepared.summary.identity, force=options.force)
         reporter = self.reporter
+        writer = PartWriter(
+            output, self.schema, flush_rows=self.spec.output.flush_rows, flush_seconds=self.spec.output.flush_seconds
+        )
+        recovered = writer.recover()
+        if recovered:
+            reporter.note("INFO", f"{recovered} answers the last run had journaled but not saved are saved now")
         if options.retry_errors:
             dropped, left = output.drop_errors(options.shard)
             reporter.note("INFO", f"--retry-errors: {dropped} error rows will be sent again")
@@ -152,7 +158,7 @@ class Runner:
                 reporter.note("WARNING", f"--retry-errors: {left} error rows of this shard are in parts written by a "
                               f"job with another task count and stay; run --retry-errors as one task (no --shard, "
                               "no CLOUD_RUN_TASK_COUNT) to send them again")
-        done = SavedIds(options.shard.owned(output.done_ids()))
+        done = output.saved(options.shard)
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
@@ -166,9 +172,6 @@ class Runner:
                 rows_total=counters.total,
                 rows_saved=counters.already_done,
             )
-        writer = PartWriter(
-            output, self.schema, flush_rows=self.spec.output.flush_rows, flush_seconds=self.spec.output.flush_seconds
-        )
         self._install_signals()
         from batchrun.client import ChatClient  # HTTP and auth are imported only by a run, not by validate
         from batchrun.endpoints import connect
@@ -227,7 +230,8 @@ class Runner:
 
     def _verify_complete(self) -> None:
         """Read back which ids are saved: exit 0 only when every row of this shard is on disk."""
-        missing = self.prepared.summary.owned - self.output.count_ids(self.options.shard.owned)
+        shard = self.options.shard
+        missing = self.prepared.summary.owned - self.output.count_ids(None if shard.count == 1 else shard.owns)
         if missing > 0:
             raise StoppedError(
                 f"{missing} rows of this run have no saved result in {self.output.path}; "

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 FILE_SUFFIXES = (".json", ".yaml", ".yml")
@@ -70,6 +69,8 @@ def response_format(value: Any, *, read_files: bool = True) -> dict[str, Any]:
     schema = _maybe_file(spec["schema"], f"{where}.json_schema.schema") if read_files else spec["schema"]
     if not isinstance(schema, dict):
         raise ValueError(f"{where}.json_schema.schema: expected a JSON Schema object, got {type(schema).__name__}")
+    import jsonschema  # 0.1 s to import: only specs with a JSON Schema pay it
+
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:

@@ -1,10 +1,15 @@
 """The yardstick: a bare loop of Chat Completions requests with no checkpoint, limits or output.
 
-    python bench/baseline.py URL --rows N [--client default|aiohttp|lean] [--concurrency 64]
+    python bench/baseline.py URL --rows N [--client default|aiohttp|lean] [--loop workers|gather] [--concurrency 64]
 
-`default` is `AsyncOpenAI` as most scripts use it (httpx transport, pydantic response models);
-`aiohttp` is the same with `DefaultAioHttpClient`; `lean` is aiohttp and json with no SDK at all.
+`default` is `AsyncOpenAI` as most scripts use it (its own httpx2 transport, pydantic response
+models, its default retries); `aiohttp` is the same with `DefaultAioHttpClient`; `lean` is aiohttp
+and json with no SDK at all. `--loop workers` (the default) is `concurrency` workers sharing one
+iterator of bodies; `gather` is the other loop users write, a semaphore of `concurrency` and one
+`asyncio.gather` over every row (a task per row: about a quarter more CPU per request here).
 The bodies are the ones batchrun renders for the bench job, so both send identical requests.
+Prints how many answers came back and the CPU seconds of the loop alone (the whole process's,
+imports included, is what bench/run.py reads from rusage).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -32,8 +38,16 @@ def bodies(n: int) -> Iterator[dict[str, Any]]:
         }
 
 
-async def pool(send: Send, n: int, concurrency: int) -> int:
-    """`concurrency` workers share one iterator of bodies; returns how many answers came back."""
+async def pool(send: Send, n: int, concurrency: int, loop: str = "workers") -> int:
+    """Every body sent, `concurrency` at a time; returns how many answers came back."""
+    if loop == "gather":
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(body: dict[str, Any]) -> str | None:
+            async with gate:
+                return await send(body)
+
+        return sum(answer is not None for answer in await asyncio.gather(*(one(b) for b in bodies(n))))
     pending = bodies(n)
     answered = 0
 
@@ -47,21 +61,21 @@ async def pool(send: Send, n: int, concurrency: int) -> int:
     return answered
 
 
-async def with_sdk(url: str, n: int, concurrency: int, aiohttp_client: bool) -> int:
-    """`client.chat.completions.create(**body)`, as a bare SDK loop does it."""
+async def with_sdk(url: str, n: int, concurrency: int, aiohttp_client: bool, loop: str) -> int:
+    """`client.chat.completions.create(**body)`, as a bare SDK loop does it, the client as constructed by default."""
     import openai
 
     extra: dict[str, Any] = {"http_client": openai.DefaultAioHttpClient()} if aiohttp_client else {}
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, **extra) as client:
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=API_KEY, **extra) as client:
 
         async def send(body: dict[str, Any]) -> str | None:
             completion = await client.chat.completions.create(**body)
             return completion.choices[0].message.content
 
-        return await pool(send, n, concurrency)
+        return await pool(send, n, concurrency, loop)
 
 
-async def lean(url: str, n: int, concurrency: int) -> int:
+async def lean(url: str, n: int, concurrency: int, loop: str) -> int:
     """aiohttp and json only: the floor for any Python client."""
     import aiohttp
 
@@ -74,7 +88,7 @@ async def lean(url: str, n: int, concurrency: int) -> int:
                 data = json.loads(await response.read())
             return data["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
 
-        return await pool(send, n, concurrency)
+        return await pool(send, n, concurrency, loop)
 
 
 def main() -> None:
@@ -83,13 +97,18 @@ def main() -> None:
     parser.add_argument("url")
     parser.add_argument("--rows", type=int, required=True)
     parser.add_argument("--client", choices=["default", "aiohttp", "lean"], default="default")
+    parser.add_argument("--loop", choices=["workers", "gather"], default="workers")
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
+    import aiohttp  # noqa: F401 - imported before the clock starts: the loop's CPU is the requests' alone
+    import openai  # noqa: F401
+
+    started = time.process_time()
     if args.client == "lean":
-        answered = asyncio.run(lean(args.url, args.rows, args.concurrency))
+        answered = asyncio.run(lean(args.url, args.rows, args.concurrency, args.loop))
     else:
-        answered = asyncio.run(with_sdk(args.url, args.rows, args.concurrency, args.client == "aiohttp"))
-    print(json.dumps({"answered": answered}))
+        answered = asyncio.run(with_sdk(args.url, args.rows, args.concurrency, args.client == "aiohttp", args.loop))
+    print(json.dumps({"answered": answered, "loop_cpu_s": time.process_time() - started}))
 
 
 if __name__ == "__main__":

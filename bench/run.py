@@ -95,15 +95,19 @@ def overhead(quick: bool) -> list[Figure]:
     """1. CPU per request, no latency: batchrun (both transports) against bare client loops."""
     rows = 3_000 if quick else 20_000
     cpu: dict[str, float] = {}
+    loop_cpu: dict[str, float] = {}
+    baselines = {"default": ["--client", "default"], "gather": ["--client", "default", "--loop", "gather"],
+                 "aiohttp": ["--client", "aiohttp"], "lean": ["--client", "lean"]}
     with scratch("overhead") as directory, SimProcess() as sim:
         source = write_jsonl(directory / "in.jsonl", rows)
         sim_before = sim.cpu_seconds()
-        for client in ("default", "aiohttp", "lean"):
-            result = measure([PYTHON, str(REPO / "bench" / "baseline.py"), sim.url, "--rows", str(rows),
-                              "--client", client], cwd=directory, timeout=900)
+        for name, flags in baselines.items():
+            result = measure([PYTHON, str(REPO / "bench" / "baseline.py"), sim.url, "--rows", str(rows), *flags],
+                             cwd=directory, timeout=900)
             assert result.rc == 0 and json.loads(result.stdout)["answered"] == rows, result.stderr[-2000:]
-            cpu[client] = result.cpu_s
-        sim_per_request = (sim.cpu_seconds() - sim_before) / (3 * rows)
+            cpu[name] = result.cpu_s
+            loop_cpu[name] = json.loads(result.stdout)["loop_cpu_s"]
+        sim_per_request = (sim.cpu_seconds() - sim_before) / (len(baselines) * rows)
         for transport in ("direct", "openai"):
             out = directory / "out"
             if out.exists():
@@ -113,10 +117,16 @@ def overhead(quick: bool) -> list[Figure]:
             assert output_rows(directory) == rows
             cpu[f"batchrun-{transport}"] = result.cpu_s
     ms = {k: v / rows * 1000 for k, v in cpu.items()}
+    loop_ms = {k: v / rows * 1000 for k, v in loop_cpu.items()}
     ratio = cpu["batchrun-direct"] / cpu["default"]
     context = [
-        Figure("1 overhead", f"CPU ms/request: bare AsyncOpenAI loop (default client), {rows:,} rows",
-               ms["default"], f"{ms['default']:.2f}", "baseline", None),
+        Figure("1 overhead", f"CPU ms/request: bare AsyncOpenAI loop as a user writes it (client and retries as "
+               f"constructed by default, 64 workers), whole process, {rows:,} rows", ms["default"],
+               f"{ms['default']:.2f}", "baseline", None),
+        Figure("1 overhead", "the same, the loop alone (imports and interpreter start left out)", loop_ms["default"],
+               f"{loop_ms['default']:.2f}", "", None),
+        Figure("1 overhead", "CPU ms/request: the same client, a semaphore of 64 and one gather over every row",
+               ms["gather"], f"{ms['gather']:.2f}", "", None),
         Figure("1 overhead", "CPU ms/request: bare loop, DefaultAioHttpClient", ms["aiohttp"],
                f"{ms['aiohttp']:.2f}", "", None),
         Figure("1 overhead", "CPU ms/request: lean aiohttp + json loop", ms["lean"], f"{ms['lean']:.2f}", "", None),
@@ -127,8 +137,8 @@ def overhead(quick: bool) -> list[Figure]:
         Figure("1 overhead", "CPU ms/request: the simulator (other process), for reference", sim_per_request * 1000,
                f"{sim_per_request * 1000:.2f}", "", None),
     ]
-    return [*context, Figure("1 overhead", "batchrun CPU/request ÷ bare AsyncOpenAI loop's", ratio, f"{ratio:.2f}",
-                             "≤ 0.6", ratio <= 0.6)]
+    return [*context, Figure("1 overhead", "batchrun CPU/request ÷ bare AsyncOpenAI loop's (whole processes)", ratio,
+                             f"{ratio:.2f}", "≤ 0.6", ratio <= 0.6)]
 
 
 def latency_bound(quick: bool) -> list[Figure]:
@@ -256,6 +266,11 @@ def memory(quick: bool) -> list[Figure]:
     small, large = (20_000, 100_000) if quick else (100_000, 1_000_000)
     figures: list[Figure] = []
     with SimProcess() as sim:
+        with scratch("memory-5000") as directory:
+            write_spec(directory, sim.url, write_jsonl(directory / "in.jsonl", 5_000))
+            result = run_job(directory, 600)
+            figures.append(Figure("6 memory", "peak RSS MB, jsonl, 5,000 rows", result.peak_rss_mb,
+                                  f"{result.peak_rss_mb:.0f}", "≤ 110", result.peak_rss_mb <= 110))
         for kind in ("jsonl", "parquet"):
             peaks: dict[int, float] = {}
             for rows in (small, large):
@@ -268,13 +283,13 @@ def memory(quick: bool) -> list[Figure]:
                     peaks[rows] = result.peak_rss_mb
                     figures.append(Figure("6 memory", f"peak RSS MB, {kind}, {rows:,} rows ({rows / result.wall_s:.0f}"
                                           " rows/s)", result.peak_rss_mb, f"{result.peak_rss_mb:.0f}",
-                                          "≤ 200" if rows == large else "", result.peak_rss_mb <= 200
+                                          "≤ 170" if rows == large else "", result.peak_rss_mb <= 170
                                           if rows == large else None))
                     if rows == large:
                         again = run_job(directory, 1_800)
                         figures.append(Figure("6 memory", f"peak RSS MB, {kind}, resume with all {rows:,} saved",
-                                              again.peak_rss_mb, f"{again.peak_rss_mb:.0f}", "≤ 200",
-                                              again.peak_rss_mb <= 200))
+                                              again.peak_rss_mb, f"{again.peak_rss_mb:.0f}", "≤ 170",
+                                              again.peak_rss_mb <= 170))
             growth = peaks[large] / peaks[small]
             figures.append(Figure("6 memory", f"{kind}: peak at {large:,} ÷ peak at {small:,}", growth,
                                   f"{growth:.2f}", "≤ 1.3", growth <= 1.3))
@@ -282,8 +297,13 @@ def memory(quick: bool) -> list[Figure]:
 
 
 def resume(quick: bool) -> list[Figure]:
-    """7. SIGKILL once 30% of rows were sent, then run again: requests sent twice against rows in flight."""
+    """7. SIGKILL once 30% of rows were sent, then run again: requests sent twice against requests in flight.
+
+    "In flight at the kill" is every request sent whose answer was neither in a part nor in the
+    answer journal (`_batchrun/journal-*.jsonl`) when the process died: those alone must be sent again.
+    """
     rows = 6_000 if quick else 20_000
+    concurrency = 64
     at_kill: dict[str, Any] = {}
 
     def time_to_kill() -> bool:
@@ -294,21 +314,29 @@ def resume(quick: bool) -> list[Figure]:
         write_spec(directory, sim.url, write_jsonl(directory / "in.jsonl", rows))
         run_job(directory, 600, kill_when=time_to_kill)
         saved = output_rows(directory)
+        journaled = journal_rows(directory)
         sent = sim.stats()["requests"]
         run_job(directory, 600)
         total = sim.stats()["requests"]
         ids = pl.scan_parquet(f"{directory}/out/*.parquet").select(pl.col("id").n_unique(), pl.len()).collect()
     assert ids.row(0) == (rows, rows), ids
-    in_flight = sent - saved
+    in_flight = sent - saved - journaled
     twice = total - rows
     return [
-        Figure("7 resume", f"{rows:,} rows, SIGKILL after {sent:,} requests: rows sent but not saved at the kill "
-               f"({at_kill['in_flight']} awaiting an answer, the rest in the writer's buffer)", in_flight,
-               f"{in_flight}", "≤ 64 + one flush (1,000 rows)", in_flight <= 64 + 1_000),
-        Figure("7 resume", "requests sent twice", twice, f"{twice}", "", None),
-        Figure("7 resume", "requests sent twice ÷ rows in flight at the kill", twice / max(in_flight, 1),
+        Figure("7 resume", f"{rows:,} rows, SIGKILL after {sent:,} requests: requests in flight at the kill (sent, "
+               f"answer neither in a part ({saved:,}) nor journaled ({journaled:,}))", in_flight, f"{in_flight}",
+               f"≤ concurrency ({concurrency})", in_flight <= concurrency),
+        Figure("7 resume", "requests sent twice", twice, f"{twice}", f"≤ {concurrency}", twice <= concurrency),
+        Figure("7 resume", "requests sent twice ÷ requests in flight at the kill", twice / max(in_flight, 1),
                f"{twice / max(in_flight, 1):.2f}", "≤ 1", twice <= in_flight),
     ]
+
+
+def journal_rows(directory: Path) -> int:
+    """Distinct ids in the answer journal a killed run left (the next run folds them into a part)."""
+    from batchrun.journal import read_rows
+
+    return len({row["id"] for row in read_rows(sorted(str(p) for p in (directory / "out").rglob("journal-*")))})
 
 
 def startup(quick: bool) -> list[Figure]:
@@ -322,19 +350,39 @@ def startup(quick: bool) -> list[Figure]:
     def import_ms(module: str) -> float:
         done = subprocess.run([PYTHON, "-X", "importtime", "-c", f"import {module}"], cwd=REPO, capture_output=True,
                               text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
-        last = [line for line in done.stderr.splitlines() if line.rstrip().endswith(f"| {module}")][-1]
-        return int(last.split("|")[1]) / 1000
+        names = [name.strip() for name in module.split(",")]  # each top-level import's own cumulative time
+        tops = [line for line in done.stderr.splitlines() if any(line.rstrip().endswith(f"| {n}") for n in names)]
+        return sum(int(line.split("|")[1]) for line in tops) / 1000
 
-    cli, run = import_ms("batchrun.cli"), import_ms("batchrun.runner") + import_ms("batchrun.client")
+    cli = import_ms("batchrun.cli")
+    run = statistics.median(import_ms("batchrun.cli, batchrun.runner, batchrun.client, batchrun.endpoints")
+                            for _ in range(3 if quick else 9))
+    first = first_request_s(3 if quick else 9)
     return [
         Figure("8 start-up", f"`batchrun validate jobs/reviews-sentiment.yaml`, wall s (fastest of {len(runs)}; "
                f"median {statistics.median(r.wall_s for r in runs):.2f})", fastest, f"{fastest:.2f}", "< 1",
                fastest < 1),
         Figure("8 start-up", "the same, CPU s (median)", cpu, f"{cpu:.2f}", "", None),
         Figure("8 start-up", "import batchrun.cli (python -X importtime), ms", cli, f"{cli:.0f}", "", None),
-        Figure("8 start-up", "import batchrun.runner, then batchrun.client (what `run` adds), ms", run,
-               f"{run:.0f}", "", None),
+        Figure("8 start-up", "import what `run` needs before its first request (cli, runner, client, endpoints; "
+               "python -X importtime, median), ms", run, f"{run:.0f}", "≤ 600", run <= 600),
+        Figure("8 start-up", "`batchrun run` of 200 rows: process start → the simulator's first request, s (median)",
+               first, f"{first:.2f}", "", None),
     ]
+
+
+def first_request_s(times: int) -> float:
+    """Seconds from starting `batchrun run` to its first request reaching the simulator, the median of `times`."""
+    spans: list[float] = []
+    with scratch("first-request") as directory, SimProcess() as sim:
+        write_spec(directory, sim.url, write_jsonl(directory / "in.jsonl", 200))
+        for _ in range(times):
+            subprocess.run(["rm", "-rf", str(directory / "out")], check=True)
+            sim.reset()
+            started = time.monotonic()  # the simulator's arrival clock is the same system-wide monotonic clock
+            run_job(directory, 120)
+            spans.append(min(sim.arrivals()[0]) - started)
+    return statistics.median(spans)
 
 
 SCENARIOS: dict[str, Callable[[bool], list[Figure]]] = {
