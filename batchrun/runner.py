@@ -390,6 +390,7 @@ class Runner:
                           f"({row.get('error_message')}); check the model name, project and permissions")
             return
         self._release_held(writer)
+        row["attempts"] = (row.get("attempts") or 0) + self.output.replaced_attempts.pop(row["id"], 0)
         self.counters.done += 1
         if row["status"] == "ok":
             self.counters.ok += 1

@@ -44,6 +44,7 @@ class Output:
     def __init__(self, path: str, shard_tag: str) -> None:
         self.path = path.rstrip("/")
         self.shard_tag = shard_tag
+        self.replaced_attempts: dict[str, int] = {}  # id -> attempts of the error rows drop_errors removed
 
     @property
     def meta_path(self) -> str:
@@ -220,6 +221,11 @@ class Output:
             count = int(mask.sum())
             if count == 0:
                 continue
+            replaced = frame.filter(mask)
+            self.replaced_attempts.update(
+                zip(replaced.get_column("id").to_list(), replaced.get_column("attempts").fill_null(0).to_list(),
+                    strict=True)
+            )
             kept = table.filter(pa.array((~mask).to_list()))
             if kept.num_rows == 0:
                 storage.remove(part)
