@@ -18,7 +18,7 @@ from batchrun.spec import JobSpec, load_spec
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The command line of design.md section 2."""
+    """The command line of docs/design.md §2."""
     parser = argparse.ArgumentParser(prog="batchrun", description="Bulk Chat Completions jobs to Parquet.")
     parser.add_argument("--version", action="version", version=f"batchrun {__version__} (distribution batchrun-vertex)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -111,7 +111,7 @@ def _estimate(args: argparse.Namespace, spec: JobSpec) -> int:
 
 def _status(args: argparse.Namespace, spec: JobSpec) -> int:
     """`batchrun status`."""
-    from batchrun.status import format_status, job_status
+    from batchrun.commands.status import format_status, job_status
 
     if args.shards is not None and args.shards < 1:
         raise BatchrunError("--shards must be 1 or more")
@@ -122,7 +122,7 @@ def _status(args: argparse.Namespace, spec: JobSpec) -> int:
 
 def _report(args: argparse.Namespace, spec: JobSpec) -> int:
     """`batchrun report`."""
-    from batchrun.report import build_report, format_report
+    from batchrun.commands.report import build_report, format_report
 
     report = build_report(spec)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -131,7 +131,7 @@ def _report(args: argparse.Namespace, spec: JobSpec) -> int:
 
 def _export(args: argparse.Namespace, spec: JobSpec) -> int:
     """`batchrun export`."""
-    from batchrun.export import export_job
+    from batchrun.commands.export import export_job
 
     result = export_job(spec, args.destination, join_input=args.join_input)
     note = f", {result['duplicates_dropped']} duplicate ids dropped" if result["duplicates_dropped"] else ""
@@ -142,7 +142,7 @@ def _export(args: argparse.Namespace, spec: JobSpec) -> int:
 
 def _export_media(args: argparse.Namespace, spec: JobSpec) -> int:
     """`batchrun export-media`."""
-    from batchrun.media_export import export_media
+    from batchrun.commands.export_media import export_media
 
     exported = export_media(spec, args.dir)
     print(f"{spec.name}: wrote {exported.files} media files ({exported.bytes} bytes) to {args.dir}")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from batchrun import tables, tokens
+from batchrun import tokens
+from batchrun.commands import tables
 from batchrun.prices import FLEX, PRIORITY, STANDARD, price_book
 from batchrun.prompts import RowInputError
 from batchrun.runner import Prepared

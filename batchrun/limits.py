@@ -4,7 +4,7 @@ learns the endpoint's quota from 429s, and the cost cap.
 A configured budget is a promise about every 60-second window, not an average:
 
 - requests/min: an aiolimiter bucket whose burst plus one minute of leak equals the budget;
-- tokens/min: a `SlidingWindow` ledger. A request reserves its estimated size before it is sent and
+- tokens/min: a `BudgetWindow` ledger. A request reserves its estimated size before it is sent and
   settles to the real usage when the answer comes: unused tokens are refunded at once, an overrun
   is charged at the moment the request was sent, so the ledger always matches what the endpoint
   counted over the last minute;
@@ -41,18 +41,18 @@ if TYPE_CHECKING:
 # request arrive while the endpoint still counts the old one (measured: 18% 429s under a tight
 # tokens/min quota). Every budget therefore spans one extra second (`_SKEW_S`): 1.6% of throughput.
 _SKEW_S = 1.0
-WINDOW_S = 60.0 + _SKEW_S
+BUDGET_WINDOW_S = 60.0 + _SKEW_S
 
 
 def window_safe_limiter(per_minute: float, burst_seconds: float) -> AsyncLimiter:
-    """A leaky bucket whose burst plus a window (`WINDOW_S`) of leak equals `per_minute`."""
+    """A leaky bucket whose burst plus a window (`BUDGET_WINDOW_S`) of leak equals `per_minute`."""
     burst = max(1.0, per_minute * burst_seconds / 60)
-    leak_per_s = max((per_minute - burst) / WINDOW_S, 1e-6)
+    leak_per_s = max((per_minute - burst) / BUDGET_WINDOW_S, 1e-6)
     return AsyncLimiter(max_rate=burst, time_period=burst / leak_per_s)
 
 
 class Reservation:
-    """What one request holds in a SlidingWindow: when it was charged and how much it is charged now."""
+    """What one request holds in a BudgetWindow: when it was charged and how much it is charged now."""
 
     __slots__ = ("amount", "at")
 
@@ -61,7 +61,7 @@ class Reservation:
         self.amount = amount
 
 
-class SlidingWindow:
+class BudgetWindow:
     """At most `limit` units over any `window_s` seconds, each unit counted when it was reserved.
 
     A ledger of reservations, oldest first. Waiters are served first come, first served and woken
@@ -70,7 +70,7 @@ class SlidingWindow:
     the ledger, so a limit set later starts from what the last minute really holds.
     """
 
-    def __init__(self, limit: float | None, window_s: float = WINDOW_S) -> None:
+    def __init__(self, limit: float | None, window_s: float = BUDGET_WINDOW_S) -> None:
         self._limit = limit
         self._window = window_s
         self._ledger: deque[Reservation] = deque()
@@ -231,7 +231,7 @@ class AdaptivePace:
         memory: int = 200,
         floor_per_minute: float = 60.0,
         probe_s: float = 5.0,
-        window_s: float = WINDOW_S,
+        window_s: float = BUDGET_WINDOW_S,
     ) -> None:
         self.per_minute: float | None = None
         self._decrease = decrease
@@ -242,7 +242,7 @@ class AdaptivePace:
         self._floor = floor_per_minute
         self._probe_s = probe_s
         self._refused = 0.0  # moving average of "this answer was a 429"
-        self._window = SlidingWindow(None, window_s)
+        self._window = BudgetWindow(None, window_s)
         self._window_s = window_s
         self._known_good = math.inf  # the level the sliding minute holds to (inf: none known)
         self._proven = math.inf  # the highest level the endpoint accepted without refusing
@@ -437,7 +437,7 @@ class Limits:
         tpm = spec.tokens_per_minute * share if spec.tokens_per_minute else None
         self.concurrency = spec.concurrency
         self.requests = window_safe_limiter(rpm, burst_seconds=0.5) if rpm else None
-        self.tokens = SlidingWindow(tpm) if tpm else None
+        self.tokens = BudgetWindow(tpm) if tpm else None
         self.pace = AdaptivePace() if not rpm and not tpm else None
         self.cost = cost
         self._slots = asyncio.Semaphore(spec.concurrency)

@@ -428,7 +428,7 @@ async def _close(queue: RowQueue, workers: int) -> None:
 
 
 def run_job(spec: JobSpec, options: RunOptions) -> int:
-    """Validate, then run the job; the exit code follows design.md section 2."""
+    """Validate, then run the job; the exit code follows docs/design.md §2."""
     # pyarrow's default pool (mimalloc) keeps freed segments; a run allocates and frees input batches
     # and output parts all along, and the system allocator gives them back: 40 MB less at peak.
     pa.set_memory_pool(pa.system_memory_pool())

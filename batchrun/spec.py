@@ -192,7 +192,7 @@ class ReportSpec(_Strict):
 
 
 class JobSpec(_Strict):
-    """A whole job: the contract of design.md section 1."""
+    """A whole job: the contract of docs/design.md §1."""
 
     name: str
     input: InputSpec

@@ -31,5 +31,5 @@ unset PYTHONDONTWRITEBYTECODE  # the warm-up below is what writes the bytecode
 warm=$(mktemp -d)
 cp -r "$source/jobs" "$source/sample_data" "$warm/"
 (cd "$warm" && "$venv/bin/batchrun" run jobs/reviews-sentiment.yaml --limit 2 >/dev/null 2>&1 \
-  && "$venv/bin/python" -c 'import gcsfs, batchrun.status, batchrun.report, batchrun.export')
+  && "$venv/bin/python" -c 'import gcsfs, batchrun.commands.status, batchrun.commands.report, batchrun.commands.export')
 rm -rf "$warm"

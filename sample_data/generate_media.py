@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from batchrun.sim_answers import png_bytes, wav_bytes
+from batchrun.simulator.answers import png_bytes, wav_bytes
 
 INVOICE_LINES = ("Invoice 2024-0042", "Customer: Alice Martin", "2 x Hiking backpack 49.50 EUR", "Total: 99.00 EUR")
 

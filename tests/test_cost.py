@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from batchrun.commands.report import build_report
 from batchrun.limits import CapReached, CostCap
 from batchrun.prices import PriceBook, price_book
-from batchrun.report import build_report
 from batchrun.spec import LimitsSpec, load_spec, parse_spec
 from tests.conftest import Job, Sim
 from tests.test_features import vertex

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.limits import AdaptivePace, Limits, Reservation, SlidingWindow, window_safe_limiter
+from batchrun.limits import AdaptivePace, BudgetWindow, Limits, Reservation, window_safe_limiter
 from batchrun.spec import LimitsSpec
 from tests.virtual_time import now, run
 
@@ -36,7 +36,7 @@ def test_sliding_window_never_exceeds_its_limit_with_refunds_and_overruns() -> N
     """Reservations settled below and above their estimate never put more than the limit in any minute."""
 
     async def main() -> list[Reservation]:
-        window = SlidingWindow(10_000, window_s=60)
+        window = BudgetWindow(10_000, window_s=60)
         rng = random.Random(3)
         granted: list[Reservation] = []
 
@@ -61,7 +61,7 @@ def test_a_refund_frees_room_at_once() -> None:
     """A waiter that does not fit is let in the moment an earlier request settles below its estimate."""
 
     async def main() -> tuple[float, float]:
-        window = SlidingWindow(100, window_s=60)
+        window = BudgetWindow(100, window_s=60)
         first = await window.reserve(100)
         waiter = asyncio.create_task(window.reserve(50))
         await asyncio.sleep(5)
@@ -78,7 +78,7 @@ def test_an_overrun_counts_at_its_send_time_until_it_leaves_the_window() -> None
     """Tokens used beyond the estimate block later requests until the request that used them is a minute old."""
 
     async def main() -> float:
-        window = SlidingWindow(100, window_s=60)
+        window = BudgetWindow(100, window_s=60)
         first = await window.reserve(10)
         window.settle(first, 95)
         await asyncio.sleep(1)
@@ -92,7 +92,7 @@ def test_waiters_are_served_in_order() -> None:
     """A large request first in line is not overtaken by smaller ones behind it."""
 
     async def main() -> list[str]:
-        window = SlidingWindow(100, window_s=60)
+        window = BudgetWindow(100, window_s=60)
         await window.reserve(90)
         order: list[str] = []
 
@@ -113,7 +113,7 @@ def test_a_cancelled_waiter_leaves_no_charge_behind() -> None:
     """Cancelling a task that waits for room neither keeps a charge nor blocks the next waiter."""
 
     async def main() -> tuple[int, float]:
-        window = SlidingWindow(100, window_s=60)
+        window = BudgetWindow(100, window_s=60)
         await window.reserve(100)
         doomed = asyncio.create_task(window.reserve(60))
         await asyncio.sleep(1)
@@ -131,7 +131,7 @@ def test_a_request_larger_than_the_budget_goes_alone() -> None:
     """An estimate above the whole minute's budget waits for an empty window instead of forever."""
 
     async def main() -> float:
-        window = SlidingWindow(100, window_s=60)
+        window = BudgetWindow(100, window_s=60)
         await window.reserve(30)
         huge = await window.reserve(500)
         return huge.at
@@ -275,7 +275,7 @@ def test_the_ledger_keeps_only_the_last_window() -> None:
     """With no limit the ledger still forgets old reservations, so a long run does not grow in memory."""
 
     async def main() -> int:
-        window = SlidingWindow(None, window_s=60)
+        window = BudgetWindow(None, window_s=60)
         for _ in range(1_000):
             await window.reserve(1)
             await asyncio.sleep(1)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from batchrun.commands.export_media import extension, file_name
 from batchrun.errors import RowInputError
 from batchrun.media import media_part, mime_from_name, sniff
-from batchrun.media_export import extension, file_name
 
 
 def test_mime_types_do_not_depend_on_the_host() -> None:

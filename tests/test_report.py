@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.commands.export import export_job
+from batchrun.commands.report import build_report, format_report
+from batchrun.commands.status import format_status, job_status
 from batchrun.errors import OutputError, SpecError
-from batchrun.export import export_job
-from batchrun.report import build_report, format_report
 from batchrun.schema import output_schema
 from batchrun.spec import JobSpec, parse_spec
-from batchrun.status import format_status, job_status
 from tests.conftest import Gcs, write_rows
 
 T0 = datetime.datetime(2026, 11, 21, 12, 0, 5, tzinfo=datetime.UTC)

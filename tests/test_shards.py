@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from batchrun.errors import SpecError
-from batchrun.limits import WINDOW_S, Limits
+from batchrun.limits import BUDGET_WINDOW_S, Limits
 from batchrun.shards import Shard, parse_shard, shard_of_part, task_attempt
 from batchrun.spec import LimitsSpec
 from tests.conftest import Job, Sim
@@ -83,7 +83,7 @@ def test_each_task_takes_its_share_of_the_job_budget() -> None:
         limits = Limits(spec, share=share)
         assert limits.requests is not None and limits.tokens is not None
         leak_per_s = limits.requests.max_rate / limits.requests.time_period
-        assert limits.requests.max_rate + WINDOW_S * leak_per_s == pytest.approx(expected_rpm)
+        assert limits.requests.max_rate + BUDGET_WINDOW_S * leak_per_s == pytest.approx(expected_rpm)
         assert limits.tokens.limit == pytest.approx(expected_tpm)
 
 

@@ -28,8 +28,8 @@ from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 from pydantic import BaseModel
 
-from batchrun.sim_answers import instance_from_schema
 from batchrun.simulator import SimulatorConfig, SimulatorThread, make_service_account_info, vertex_base_url
+from batchrun.simulator.answers import instance_from_schema
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "google/gemini-2.5-flash"

@@ -24,7 +24,7 @@ def spec_with(**sections: object) -> dict[str, object]:
 
 
 def test_minimal_spec_gets_design_defaults() -> None:
-    """Unset sections take the defaults of design.md (64 in flight, 8 attempts, 120 s)."""
+    """Unset sections take the defaults of docs/design.md §1 (64 in flight, 8 attempts, 120 s)."""
     spec = parse_spec(BASE)
     assert spec.limits.concurrency == 64
     assert spec.retry.max_attempts == 8

@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from batchrun import tables
+from batchrun.commands import tables
 from batchrun.prices import Price, PriceBook, price_book
 from batchrun.sink import Output
 from batchrun.spec import JobSpec

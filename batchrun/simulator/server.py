@@ -11,7 +11,7 @@ One aiohttp app serves what a batch job talks to on Google Cloud:
     POST /_sim/config, /_sim/reset                               change faults at runtime; zero the figures
 
 A chat request meets, in order: auth, body size, storm, quota, random faults, then the answer
-(`sim_answers`, deterministic for the same body), broken into one of BROKEN_SHAPES on a fraction
+(`simulator.answers`, deterministic for the same body), broken into one of BROKEN_SHAPES on a fraction
 `rate_broken` of answers when `broken_answer` names one. Errors have Google's list bodies.
 """
 
@@ -42,14 +42,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from batchrun.sim_answers import Answer, InvalidArgument, build_answer, read_conversation
+from batchrun.simulator.answers import GeneratedAnswer, InvalidArgument, build_answer, read_conversation
 
 PROJECT = "sim-project"
 SERVICE_ACCOUNT = "batchrun-sim@sim-project.iam.gserviceaccount.com"
 TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # google-auth's JWT aud, whatever token_uri is
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-WINDOW_S = 60.0  # quotas count over a sliding minute
+QUOTA_WINDOW_S = 60.0  # quotas count over a sliding minute
 HANG_S = 3600.0  # a "hang" outlives any client timeout
 SHUTDOWN_S = 0.5  # stop() does not wait for hanging handlers
 MAX_READ_BYTES = 1 << 30  # aiohttp's own cap; max_body_bytes is checked after reading, as Vertex answers 400
@@ -194,7 +194,7 @@ class SimStats:
         self.by_status[key] = self.by_status.get(key, 0) + 1
 
 
-class SlidingWindow:
+class QuotaWindow:
     """Amounts admitted over the last minute, oldest first: one quota's memory."""
 
     def __init__(self) -> None:
@@ -203,7 +203,7 @@ class SlidingWindow:
 
     def fits(self, now: float, amount: int, limit: int) -> bool:
         """Whether `amount` more stays within `limit` over the minute ending now."""
-        while self._events and self._events[0][0] <= now - WINDOW_S:
+        while self._events and self._events[0][0] <= now - QUOTA_WINDOW_S:
             self.total -= self._events.popleft()[1]
         return self.total + amount <= limit
 
@@ -267,9 +267,9 @@ class Simulator:
     _records: list[dict[str, Any]]
     _arrivals: array[float]  # clock() at arrival, one per chat request: 10 bytes each with its status
     _statuses: array[int]  # 0: the connection was dropped
-    _rpm: SlidingWindow
-    _tpm: SlidingWindow
-    _provisioned: SlidingWindow
+    _rpm: QuotaWindow
+    _tpm: QuotaWindow
+    _provisioned: QuotaWindow
     _cached_prefixes: set[bytes]  # system prompts seen, for implicit caching
     _seed: int
     _rng: random.Random
@@ -524,7 +524,7 @@ class Simulator:
             window.add(now, amount)
         return True
 
-    def _charge(self, now: float, answer: Answer) -> None:
+    def _charge(self, now: float, answer: GeneratedAnswer) -> None:
         """Add the answer's output tokens to the tpm window and the stats."""
         if self.config.tpm_quota is not None:
             self._tpm.add(now, answer.total_tokens - answer.prompt_tokens)
@@ -694,7 +694,7 @@ class Simulator:
         self._counts = Counter()
         self._records = []
         self._arrivals, self._statuses = array("d"), array("H")
-        self._rpm, self._tpm, self._provisioned = SlidingWindow(), SlidingWindow(), SlidingWindow()
+        self._rpm, self._tpm, self._provisioned = QuotaWindow(), QuotaWindow(), QuotaWindow()
         self._cached_prefixes = set()
         self._seed = self.config.seed
         self._rng = random.Random(self._seed)
@@ -894,6 +894,3 @@ async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
     await stop.wait()
     await simulator.stop()
 
-
-if __name__ == "__main__":
-    main()

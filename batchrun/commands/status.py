@@ -7,7 +7,7 @@ from typing import Any
 
 import polars as pl
 
-from batchrun import tables
+from batchrun.commands import tables
 from batchrun.shards import owner, shard_of_part
 from batchrun.sink import Output
 from batchrun.sources import Source

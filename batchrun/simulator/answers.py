@@ -4,7 +4,7 @@ Pure functions only (no HTTP, no clock), so the answer logic is tested without a
 
     read_conversation(messages)     tolerant parse: prompt text, token counts, media parts
     build_answer(body, conv, ...)   the choices, finish_reason and usage numbers of one request
-    Answer.completion() / .chunks() the response body, or the stream's chunks, around an id and model
+    GeneratedAnswer.completion() / .chunks() the response body, or the stream's chunks, around an id and model
     Choice.message() / .deltas()    one choice as a whole message or as stream deltas
 
 Anything Vertex would refuse raises `InvalidArgument`, which the server turns into a 400.
@@ -115,7 +115,7 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class Answer:
+class GeneratedAnswer:
     """Everything a response needs except its id, clock and model name."""
 
     choices: tuple[Choice, ...]  # empty when the output was cut off before any token
@@ -183,7 +183,7 @@ def read_conversation(messages: object) -> Conversation:
     return Conversation(prompt, chars, media, media_tokens, last_role)
 
 
-def build_answer(body: Mapping[str, Any], conv: Conversation, *, model: str, broken_json: bool) -> Answer:
+def build_answer(body: Mapping[str, Any], conv: Conversation, *, model: str, broken_json: bool) -> GeneratedAnswer:
     """Answer one request as Gemini would shape it; raise InvalidArgument where Vertex answers 400."""
     try:
         return _answer(body, conv, model, broken_json)
@@ -192,7 +192,7 @@ def build_answer(body: Mapping[str, Any], conv: Conversation, *, model: str, bro
         raise InvalidArgument(f"Malformed request ({type(exc).__name__}: {exc}).") from exc
 
 
-def _answer(body: Mapping[str, Any], conv: Conversation, model: str, broken_json: bool) -> Answer:
+def _answer(body: Mapping[str, Any], conv: Conversation, model: str, broken_json: bool) -> GeneratedAnswer:
     """build_answer's work, on a body whose odd shapes may raise anything."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -203,7 +203,7 @@ def _answer(body: Mapping[str, Any], conv: Conversation, model: str, broken_json
     _check_thought_signatures(messages, model)
     kind, text, make = _plan(body, conv, describe_media(conv.media), broken_json)
     if limit is not None and limit <= 2:
-        return Answer((), "length", conv.prompt_tokens, None, reasoning, False)
+        return GeneratedAnswer((), "length", conv.prompt_tokens, None, reasoning, False)
     finish = "tool_calls" if kind == "tools" else "stop"
     if limit is not None and len(text) > limit * 4:
         text, finish = text[: limit * 4], "length"
@@ -212,7 +212,7 @@ def _answer(body: Mapping[str, Any], conv: Conversation, model: str, broken_json
     marker = google.get("thought_tag_marker")
     choices = tuple(_with_text(choice, text, thoughts, marker) for choice, _ in made)
     streamed = bool(google.get("stream_function_call_arguments"))
-    return Answer(choices, finish, conv.prompt_tokens, completion, reasoning, streamed)
+    return GeneratedAnswer(choices, finish, conv.prompt_tokens, completion, reasoning, streamed)
 
 
 def describe_media(parts: tuple[MediaPart, ...]) -> str:

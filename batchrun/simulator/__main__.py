@@ -1,0 +1,5 @@
+"""`python -m batchrun.simulator`: the simulator standalone, in its own process."""
+
+from batchrun.simulator.server import main
+
+main()
