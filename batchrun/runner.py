@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchrun.collector import PacedCollector
-from batchrun.errors import InputError, RequestError, SpecError, StoppedError
+from batchrun.errors import BatchrunError, InputError, OutputError, RequestError, SpecError, StoppedError
 from batchrun.limits import Limits
 from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
@@ -168,12 +168,17 @@ class Runner:
             writer.start()
             reporter.start()
             with PacedCollector():
+                outcome = "failed"
                 try:
                     limited = await self._pool(client, writer, done)
+                    outcome = "finished" if self._stop_reason is None else "stopped"
+                except BatchrunError:
+                    outcome = "stopped"
+                    raise
                 finally:
                     self._release_held(writer)
                     await writer.close()
-                    await reporter.stop("finished" if self._stop_reason is None else "stopped")
+                    await reporter.stop(outcome)
                     await client.close()
         return await self._exit_code(writer, limited)
 
@@ -233,7 +238,8 @@ class Runner:
         closer: asyncio.Task[None] | None = None
         limited = False
         try:
-            await asyncio.wait([producer, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([producer, stop_wait, *workers], return_when=asyncio.FIRST_COMPLETED)
+            _raise_failures(workers)  # a worker ends before the producer only by a bug: never wait on it
             if producer.done():
                 limited = producer.result()
                 closer = asyncio.create_task(_close(queue, len(workers)))
@@ -249,6 +255,7 @@ class Runner:
                 await asyncio.wait([in_flight, hurry], timeout=self.options.grace_s,
                                    return_when=asyncio.FIRST_COMPLETED)
                 hurry.cancel()
+                _raise_failures(workers)
         finally:
             for task in [*workers, producer, stop_wait, *([closer] if closer else [])]:
                 task.cancel()
@@ -359,8 +366,8 @@ class Runner:
             self.counters.errors += 1
         try:
             writer.add(row)
-        except Exception as exc:
-            self.stop(str(exc))
+        except OutputError as exc:  # the disk refused a part: a stop, the rows saved so far stay
+            self.stop(exc.message)
 
     def _is_fatal_symptom(self, row: Row) -> bool:
         """A 401/403/404 before any success: possibly a wrong model or project, not a bad row."""
@@ -380,6 +387,13 @@ class Runner:
             self.counters.done += 1
             self.counters.errors += 1
             writer.add(row)
+
+
+def _raise_failures(tasks: list[asyncio.Task[None]]) -> None:
+    """Re-raise the first exception a finished task ended with: a bug is exit 1, never a quiet stop."""
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            task.result()
 
 
 async def _close(queue: RowQueue, workers: int) -> None:

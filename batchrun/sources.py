@@ -145,7 +145,9 @@ class Source:
         """Open the Parquet file, turning a broken file into one clear message."""
         try:
             # Streamed column chunks (64 KiB reads) rather than whole ones pre-buffered: 30 MB less at peak.
-            return pq.ParquetFile(storage.open_read(self.path), buffer_size=1 << 16, pre_buffer=False)
+            # A local file is opened by Arrow itself, so no Python file object is left to Arrow's threads.
+            source = storage.open_read(self.path) if storage.is_remote(self.path) else self.path
+            return pq.ParquetFile(source, buffer_size=1 << 16, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(
                 f"{self.path}: not a readable Parquet file ({exc}); was it truncated or still being written?"
