@@ -276,6 +276,20 @@ def _json_type(values: list[Any]) -> pa.DataType:
     return pa.string()
 
 
+class KeptColumns:
+    """The input columns every output row carries (`output.keep_columns`), each with one type in every part."""
+
+    def __init__(self, names: list[str], types: dict[str, pa.DataType]) -> None:
+        self.fields = [pa.field(name, types.get(name, pa.string())) for name in names]
+
+    def fill(self, row: dict[str, Any], record: Record) -> None:
+        """Copy the row's kept values from its input record, fitted to their column types."""
+        if record.data is None:
+            return
+        for field in self.fields:
+            row[field.name] = coerce_kept(record.data.get(field.name), field.type)
+
+
 def coerce_kept(value: Any, type_: pa.DataType) -> Any:
     """Fit a kept JSON value to its column type so no part file disagrees with another."""
     if value is None:
