@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import google.auth
 import google.auth.exceptions
 
 if TYPE_CHECKING:
     import requests
 
 from batchrun import redact
+from batchrun.credentials import google_credentials
 from batchrun.errors import StoppedError
 
-CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 _EARLY_REFRESH_S = 225.0  # google-auth's own REFRESH_THRESHOLD: 3 min 45 s before expiry
 _MAX_REFRESH_WAIT_S = 30.0
 
@@ -53,20 +51,6 @@ class StaticKey:
         """A static key cannot be refreshed; the 401 becomes a final error."""
 
 
-def _unusable_credentials(exc: Exception) -> str:
-    """Why Application Default Credentials gave nothing, naming the key file when it is the culprit."""
-    detail = redact.redact(str(exc))
-    key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if key_file and not os.path.exists(key_file):
-        return (f"GOOGLE_APPLICATION_CREDENTIALS names {key_file}, which does not exist; "
-                "point it at a service-account key file, or unset it to use gcloud or the metadata server")
-    if key_file:
-        return (f"the Google credentials file {key_file} (from GOOGLE_APPLICATION_CREDENTIALS) cannot be used: "
-                f"{detail}; create a new key for the service account and point GOOGLE_APPLICATION_CREDENTIALS at it")
-    return ("no Google credentials found: run `gcloud auth application-default login`, set "
-            f"GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run on GCE/Cloud Run ({detail})")
-
-
 class GoogleTokens:
     """Google credentials with one refresh in flight at a time, ahead of expiry and again on 401.
 
@@ -90,11 +74,7 @@ class GoogleTokens:
     @classmethod
     def from_environment(cls) -> GoogleTokens:
         """Application Default Credentials with the cloud-platform scope (key file, gcloud, metadata server)."""
-        try:
-            credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
-        except google.auth.exceptions.DefaultCredentialsError as exc:
-            raise StoppedError(_unusable_credentials(exc)) from None
-        return cls(credentials)
+        return cls(google_credentials())
 
     async def token(self) -> str:
         """A valid token; starts a background refresh when due and waits only when none is valid."""

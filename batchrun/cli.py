@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -179,12 +180,30 @@ def _complain(args: argparse.Namespace, message: str, severity: str) -> None:
         print(f"batchrun: error: {message}", file=sys.stderr)
 
 
+def _reader_went_away(command: str) -> int:
+    """The reader of our output closed the pipe (`batchrun validate job.yaml | head -1`): exit quietly.
+
+    A read-only command's reader had all it wanted (exit 0). A run cut short this way has saved its
+    finished rows and resumes like any stopped run (exit 3). Both streams are pointed at /dev/null so
+    the interpreter's own flush at exit cannot fail again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    return EXIT_STOPPED if command == "run" else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user mistakes print one message and exit 2 (or 3); bugs print a traceback and exit 1."""
     args = _parser().parse_args(argv)
     try:
         spec = load_spec(args.job, args.overrides)
-        return _COMMANDS[args.command](args, spec)
+        code = _COMMANDS[args.command](args, spec)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is seen where it can be handled
+        return code
+    except BrokenPipeError:
+        return _reader_went_away(args.command)
     except BatchrunError as exc:
         _complain(args, redact(exc.message), "WARNING" if exc.exit_code == EXIT_STOPPED else "ERROR")
         return exc.exit_code

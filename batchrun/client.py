@@ -22,6 +22,7 @@ from batchrun.errors import (
     RequestError,
     RetryableError,
 )
+from batchrun.health import EndpointHealth
 from batchrun.limits import Limits, Ticket
 from batchrun.progress import Counters
 from batchrun.results import Reply
@@ -56,8 +57,10 @@ class ChatClient:
         counters: Counters,
         *,
         direct: bool = True,
+        health: EndpointHealth | None = None,
     ) -> None:
         self._connection = connection
+        self._health = health
         self._retry = retry
         self._limits = limits
         self._counters = counters
@@ -135,10 +138,14 @@ class ChatClient:
                 response, ttft = await self._transport.send(body, token), None
         except RequestError as exc:
             self._note_failure(exc, token, ticket)
+            if self._health is not None:
+                self._health.attempt_failed(exc)
             raise
         except BaseException:
             self._limits.failed(ticket)
             raise
+        if self._health is not None:
+            self._health.attempt_succeeded()
         latency_ms = (time.perf_counter() - started) * 1000
         usage = response.get("usage") if isinstance(response, dict) else None
         self._limits.finished(ticket, usage if isinstance(usage, dict) else {})

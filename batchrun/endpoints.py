@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from batchrun import redact
-from batchrun.auth import CLOUD_PLATFORM, GoogleTokens, StaticKey, TokenSource
+from batchrun.credentials import CLOUD_PLATFORM, api_key, google_credentials
 from batchrun.errors import SpecError
 from batchrun.spec import EndpointSpec
+
+if TYPE_CHECKING:
+    from batchrun.auth import TokenSource
+    from batchrun.simulator import SimulatorConfig
 
 
 @dataclass(frozen=True)
@@ -55,25 +59,42 @@ def vertex_url(spec: EndpointSpec, host: str | None = None) -> str:
     )
 
 
+def check(spec: EndpointSpec) -> None:
+    """Everything `connect` would refuse, checked before anything is created or sent (`validate` and `run`)."""
+    if spec.kind == "simulator":
+        _simulator_config(spec)
+    elif spec.kind == "openai":
+        api_key(spec)
+    else:
+        google_credentials()
+
+
 @contextmanager
 def connect(spec: EndpointSpec) -> Iterator[Connection]:
     """Open the endpoint for a run; the simulator lives exactly as long as this context."""
+    from batchrun.auth import GoogleTokens, StaticKey
+
     if spec.kind == "simulator":
         with _simulated(spec) as connection:
             yield connection
         return
     if spec.kind == "openai":
-        key = os.environ.get(spec.api_key_env)
-        if not key:
-            raise SpecError(
-                f"endpoint.api_key_env: environment variable {spec.api_key_env} is not set "
-                f"(export {spec.api_key_env}=<your API key>)"
-            )
         assert spec.base_url is not None
-        yield Connection(spec.base_url.rstrip("/"), StaticKey(key), is_google=False, headers=request_headers(spec))
+        yield Connection(spec.base_url.rstrip("/"), StaticKey(api_key(spec)), is_google=False,
+                         headers=request_headers(spec))
         return
     base = spec.base_url.rstrip("/") if spec.base_url else vertex_url(spec)
     yield Connection(base, GoogleTokens.from_environment(), is_google=True, headers=request_headers(spec))
+
+
+def _simulator_config(spec: EndpointSpec) -> SimulatorConfig:
+    """The simulator's settings from `endpoint.simulator`; an unknown or mistyped one is a spec error."""
+    from batchrun.simulator import SimulatorConfig
+
+    try:
+        return SimulatorConfig.from_mapping(spec.simulator)
+    except ValueError as exc:
+        raise SpecError(f"endpoint.simulator: {exc}") from None
 
 
 @contextmanager
@@ -81,12 +102,10 @@ def _simulated(spec: EndpointSpec) -> Iterator[Connection]:
     """Start the built-in simulator and authenticate with a generated key through its token endpoint."""
     from google.oauth2 import service_account
 
-    from batchrun.simulator import SimulatorConfig, SimulatorThread, make_service_account_info
+    from batchrun.auth import GoogleTokens
+    from batchrun.simulator import SimulatorThread, make_service_account_info
 
-    try:
-        config = SimulatorConfig.from_mapping(spec.simulator)
-    except ValueError as exc:
-        raise SpecError(f"endpoint.simulator: {exc}") from None
+    config = _simulator_config(spec)
     with SimulatorThread(config) as simulator:
         info = make_service_account_info(f"{simulator.url}/token")
         credentials = service_account.Credentials.from_service_account_info(info, scopes=[CLOUD_PLATFORM])  # type: ignore[no-untyped-call]

@@ -3,6 +3,7 @@
     BatchrunError                 anything the CLI prints as a message and maps to an exit code
     ├── SpecError                 the job spec is invalid (exit 2); names the YAML path and the fix
     ├── InputError                the input cannot be read at all (exit 2); names the file and line/row
+    ├── CredentialsError          the endpoint's API key or Google credentials are missing or unusable (exit 2)
     ├── OutputError               the output directory is another job's (exit 2) or cannot be written (exit 3)
     ├── StorageError              Cloud Storage: no such bucket, access refused (exit 2), unreachable (exit 3)
     └── StoppedError              the run stopped early with every finished row saved (exit 3)
@@ -43,6 +44,10 @@ class SpecError(BatchrunError):
 
 class InputError(BatchrunError):
     """The input file cannot be read at all."""
+
+
+class CredentialsError(BatchrunError):
+    """The environment lacks the credentials the endpoint needs (an API key variable, a Google key file)."""
 
 
 class OutputError(BatchrunError):

@@ -3,7 +3,8 @@
 The part shapes follow Google's examples for the endpoint (seeds/):
 
     image, video   {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}   local file, https://
-                   {"type": "image_url", "image_url": "gs://bucket/cat.jpg"}                 gs://, the REST form
+                   {"type": "image_url", "image_url": "gs://bucket/cat.jpg"}                 gs://, Vertex's REST form
+                   {"type": "image_url", "image_url": {"url": "gs://bucket/cat.jpg"}}        gs:// on kind: openai
     audio          {"type": "input_audio", "input_audio": {"data": "<base64>", "format": "wav"}}         local file
                    {"type": "input_audio", "input_audio": {"data": "gs://b/a.mp3", "format": "audio/mp3"}}  URIs
     file (PDF...)  image_url as above on Vertex, whose user messages take text and image_url parts of any
@@ -103,7 +104,7 @@ def media_part(column: str, kind: str, value: str, *, openai_style: bool, inline
         return _audio_part(column, uri, mime)
     if kind == "file" and openai_style:
         return {"type": "file", "file": {"file_data": uri, "filename": posixpath.basename(value.split("?")[0])}}
-    if uri.startswith("gs://"):
+    if uri.startswith("gs://") and not openai_style:  # Vertex's REST form; OpenAI-style servers take {"url": ...}
         return {"type": "image_url", "image_url": uri}
     return {"type": "image_url", "image_url": {"url": uri}}
 

@@ -66,7 +66,9 @@ class Renderer:
         self.params = dict(request.params)
         if spec.endpoint.kind == "openai" and self.params.get("stream") and "stream_options" not in self.params:
             self.params["stream_options"] = {"include_usage": True}  # OpenAI streams usage only when asked
-        self.google = dict(request.google)
+        self.google = request.google_options
+        self.params.pop("extra_body", None)  # sent merged with request.google, below
+        self.extra_body = {k: v for k, v in (request.params.get("extra_body") or {}).items() if k != "google"}
 
     def columns_needed(self) -> dict[str, str]:
         """Every input column the spec reads, with the spec key that names it."""
@@ -107,8 +109,9 @@ class Renderer:
             body["model"] = self.spec.model
         body["messages"] = self._messages(record.data)
         body.update(self.params)
-        if self.google:
-            body["extra_body"] = {"google": self.google}
+        extra = {**self.extra_body, **({"google": self.google} if self.google else {})}
+        if extra:
+            body["extra_body"] = extra
         return body
 
     def _messages(self, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,18 +127,25 @@ class Renderer:
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                 raise RowInputError(f"column '{column}' must hold a list of {{role, content}} messages")
             result = list(messages)
+            parts = self._media_parts(data)
+            if parts:
+                result = _with_media(result, parts, column)
         else:
             result = []
             if self.system:
                 result.append({"role": "system", "content": self.system.render(data)})
             assert self.prompt is not None
             text = self.prompt.render(data)
-            openai_style = self.spec.endpoint.kind == "openai"
-            parts = [_media_part(m, data.get(m.column), openai_style=openai_style) for m in self.spec.request.media]
-            parts = [p for p in parts if p is not None]
+            parts = self._media_parts(data)
             content: Any = [{"type": "text", "text": text}, *parts] if parts else text
             result.append({"role": "user", "content": content})
         return result
+
+    def _media_parts(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """The content parts of the row's media columns (an empty cell adds none)."""
+        openai_style = self.spec.endpoint.kind == "openai"
+        parts = [_media_part(m, data.get(m.column), openai_style=openai_style) for m in self.spec.request.media]
+        return [p for p in parts if p is not None]
 
     def _batch_body(self, data: dict[str, Any]) -> dict[str, Any]:
         """An OpenAI Batch line's body, sent as is; the spec's model and params fill what it lacks."""
@@ -152,11 +162,22 @@ class Renderer:
             result["model"] = self.spec.model
         for key, value in self.params.items():
             result.setdefault(key, value)
-        if self.google:
-            extra = dict(result.get("extra_body") or {})
-            extra.setdefault("google", self.google)
-            result["extra_body"] = extra
+        defaults = {**self.extra_body, **({"google": self.google} if self.google else {})}
+        if defaults:
+            result["extra_body"] = {**defaults, **(result.get("extra_body") or {})}
         return result
+
+
+def _with_media(messages: list[dict[str, Any]], parts: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    """The messages with the media parts added to the last user message, after its own content."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        own = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+        return [*messages[:index], {**message, "content": [*own, *parts]}, *messages[index + 1:]]
+    raise RowInputError(f"column '{column}' has no user message to attach request.media to")
 
 
 def _media_part(media: MediaSpec, value: Any, *, openai_style: bool) -> dict[str, Any] | None:

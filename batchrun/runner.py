@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchrun.collector import PacedCollector
-from batchrun.errors import RequestError, SpecError, StoppedError
+from batchrun.endpoints import check as check_endpoint
+from batchrun.errors import BatchrunError, OutputError, RequestError, SpecError, StoppedError
+from batchrun.health import EndpointHealth
 from batchrun.limits import CapReached, CostCap, Limits
 from batchrun.prices import PriceBook, may_serve, price_book, require_cap_prices, row_usage
 from batchrun.progress import Counters, Reporter
@@ -26,7 +28,7 @@ from batchrun.results import ResultBuilder, Row, input_error
 from batchrun.schema import output_schema
 from batchrun.shards import Shard
 from batchrun.sink import Output, PartWriter, SavedIds
-from batchrun.sources import InputSummary, Record, Source, coerce_kept
+from batchrun.sources import InputSummary, KeptColumns, Record, Source
 from batchrun.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -35,9 +37,6 @@ if TYPE_CHECKING:
 # What the producer hands the workers: a row with its request body, or with None when the worker renders it
 # (media files to read, in a thread); None alone tells a worker to stop.
 RowQueue = asyncio.Queue[tuple[Record, dict[str, Any] | None] | None]
-
-_FATAL_STATUSES = {401, 403, 404}
-_FATAL_AFTER = 10
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,8 @@ class Prepared:
 
 
 def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
-    """Validate the spec against the input and render its first rows; sends nothing."""
+    """Validate the spec, its credentials and the input, and render the first rows; creates and sends nothing."""
+    check_endpoint(spec.endpoint)
     source = Source(spec.input)
     summary = source.summarize(spec.output.keep_columns, shard.owns if shard else None)
     renderer = Renderer(spec, summary.format)
@@ -112,13 +112,12 @@ class Runner:
         self.options = options
         self.counters = Counters()
         self.builder = ResultBuilder(
-            thought_marker=self.spec.request.google.get("thought_tag_marker"),
+            thought_marker=self.spec.request.google_options.get("thought_tag_marker"),
             response_format=self.spec.request.params.get("response_format"),
         )
         self._line_builders: dict[str, ResultBuilder] = {}
-        keep = [pa.field(name, prepared.summary.types.get(name, pa.string())) for name in self.spec.output.keep_columns]
-        self.keep_types = {f.name: f.type for f in keep}
-        self.schema = output_schema(keep)
+        self.kept = KeptColumns(self.spec.output.keep_columns, prepared.summary.types)
+        self.schema = output_schema(self.kept.fields)
         self.output = Output(self.spec.output.path, options.shard.tag)
         self.reporter = Reporter(
             self.counters,
@@ -131,9 +130,8 @@ class Runner:
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._stop_reason: str | None = None
-        self._held: list[Row] = []
-        self._successes = 0
         self._resume_hint = "Run the same command again to resume"
+        self.health = EndpointHealth(self._endpoint_failed)
 
     async def run(self) -> int:
         """Run to completion or to a stop; returns the exit code."""
@@ -180,17 +178,25 @@ class Runner:
         if limits.cost is not None:
             counters.cost, counters.currency = 0.0, limits.cost.currency
         with connect(self.spec.endpoint) as connection:
+            self.health.connected(connection.base_url)
             client = ChatClient(connection, self.spec.retry, limits, counters,
-                                direct=self.spec.endpoint.transport == "direct")
+                                direct=self.spec.endpoint.transport == "direct", health=self.health)
             writer.start()
             reporter.start()
             with PacedCollector():
+                outcome = "failed"
                 try:
                     limited = await self._pool(client, writer, done)
+                    outcome = "finished" if self._stop_reason is None else "stopped"
+                except BatchrunError:
+                    outcome = "stopped"
+                    raise
                 finally:
-                    self._release_held(writer)
+                    for row in self.health.release():
+                        self._save(writer, row)
+                    self.health.settle()
                     await writer.close()
-                    await reporter.stop("finished" if self._stop_reason is None else "stopped")
+                    await reporter.stop(outcome)
                     await client.close()
         return await self._exit_code(writer, limited)
 
@@ -217,6 +223,8 @@ class Runner:
         """0 when every row has a final result (or --limit was reached), else raise the reason to stop."""
         if writer.failure is not None:
             raise writer.failure
+        if self._stop_reason is None and self.health.verdict is not None:
+            raise StoppedError(self.health.verdict)
         if self._stop_reason is not None:
             raise StoppedError(
                 f"{self._stop_reason}; {writer.rows_written} rows saved this run, "
@@ -250,6 +258,11 @@ class Runner:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop, signal.Signals(signum).name)
 
+    def _endpoint_failed(self, reason: str) -> None:
+        """The endpoint cannot serve this run: stop at once, no grace (nothing in flight will be answered)."""
+        self.stop(reason)
+        self._hurry.set()
+
     def stop(self, reason: str) -> None:
         """Stop dispatching new rows; in-flight ones get the grace period."""
         if self._stop_reason is None:
@@ -267,7 +280,8 @@ class Runner:
         closer: asyncio.Task[None] | None = None
         limited = False
         try:
-            await asyncio.wait([producer, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([producer, stop_wait, *workers], return_when=asyncio.FIRST_COMPLETED)
+            _raise_failures(workers)  # a worker ends before the producer only by a bug: never wait on it
             if producer.done():
                 limited = producer.result()
                 closer = asyncio.create_task(_close(queue, len(workers)))
@@ -283,6 +297,7 @@ class Runner:
                 await asyncio.wait([in_flight, hurry], timeout=self.options.grace_s,
                                    return_when=asyncio.FIRST_COMPLETED)
                 hurry.cancel()
+                _raise_failures(workers)
         finally:
             for task in [*workers, producer, stop_wait, *([closer] if closer else [])]:
                 task.cancel()
@@ -339,31 +354,33 @@ class Runner:
                 except RowInputError as exc:
                     self._finish(writer, self._unrenderable(record, exc))
                     continue
-            row = await self._send(client, record, body)
-            if row is None:
+            sent = await self._send(client, record, body)
+            if sent is None:
                 return
-            self._finish(writer, row, record)
+            self._finish(writer, *sent, record=record)
 
     def _unrenderable(self, record: Record, exc: RowInputError) -> Row:
         """The input error row of a row that renders into no request, naming its file and line."""
         where = f"{self.prepared.source.path}:{self.prepared.source.where} {record.line}"
         return input_error(record.id, f"{where}: {exc}")
 
-    async def _send(self, client: ChatClient, record: Record, body: dict[str, Any]) -> Row | None:
-        """One row's request, retried by the client, as an ok or error row; None when the cost cap stopped the run."""
+    async def _send(
+        self, client: ChatClient, record: Record, body: dict[str, Any]
+    ) -> tuple[Row, RequestError | None] | None:
+        """One row's request, retried by the client, as an ok or error row (with the error that made it); None when
+        the cost cap stopped the run."""
         builder = self._builder_for(body)
         try:
             answer = await client.complete(body, builder.check)
         except RequestError as exc:
-            return builder.failed(record.id, exc, attempts=exc.attempts)
+            return builder.failed(record.id, exc, attempts=exc.attempts), exc
         except CapReached as exc:
             self._resume_hint = ""
             self.stop(exc.message)
             return None
-        self._successes += 1
         self.counters.tokens += int((answer.reply.response.get("usage") or {}).get("total_tokens") or 0)
         return builder.ok(record.id, answer.reply, attempts=answer.attempts,
-                          latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
+                          latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms), None
 
     def _builder_for(self, body: dict[str, Any]) -> ResultBuilder:
         """The spec's result builder, or one for an OpenAI Batch line's own response_format (checked when rendered)."""
@@ -374,22 +391,22 @@ class Runner:
         key = json.dumps(line_format, sort_keys=True)
         if key not in self._line_builders:
             self._line_builders[key] = ResultBuilder(
-                thought_marker=self.spec.request.google.get("thought_tag_marker"), response_format=line_format
+                thought_marker=self.spec.request.google_options.get("thought_tag_marker"), response_format=line_format
             )
         return self._line_builders[key]
 
-    def _finish(self, writer: PartWriter, row: Row, record: Record | None = None) -> None:
-        """Count a finished row and hand it to the writer (held back while the endpoint looks broken)."""
-        if record is not None and record.data is not None:
-            for name, type_ in self.keep_types.items():
-                row[name] = coerce_kept(record.data.get(name), type_)
-        if self._is_fatal_symptom(row):
-            self._held.append(row)
-            if len(self._held) >= _FATAL_AFTER:
-                self.stop(f"the endpoint refused the first {len(self._held)} requests "
-                          f"({row.get('error_message')}); check the model name, project and permissions")
-            return
-        self._release_held(writer)
+    def _finish(
+        self, writer: PartWriter, row: Row, error: RequestError | None = None, *, record: Record | None = None
+    ) -> None:
+        """A finished row, with its kept columns, to the writer, unless the endpoint health watch holds it back."""
+        if record is not None:
+            self.kept.fill(row, record)
+        for ready in self.health.admit(row, error):
+            self._save(writer, ready)
+
+    def _save(self, writer: PartWriter, row: Row) -> None:
+        """Count a row and hand it to the writer, with the attempts of an error row it replaces; a disk that
+        refuses it stops the run."""
         row["attempts"] = (row.get("attempts") or 0) + self.output.replaced_attempts.pop(row["id"], 0)
         self.counters.done += 1
         if row["status"] == "ok":
@@ -398,27 +415,15 @@ class Runner:
             self.counters.errors += 1
         try:
             writer.add(row)
-        except Exception as exc:
-            self.stop(str(exc))
+        except OutputError as exc:  # the disk refused a part: a stop, the rows saved so far stay
+            self.stop(exc.message)
 
-    def _is_fatal_symptom(self, row: Row) -> bool:
-        """A 401/403/404 before any success: possibly a wrong model or project, not a bad row."""
-        return (
-            self._successes == 0
-            and row["status"] == "error"
-            and row.get("http_status") in _FATAL_STATUSES
-            and self._stop_reason is None
-        )
 
-    def _release_held(self, writer: PartWriter) -> None:
-        """Write held-back rows once the endpoint proved healthy or the run ends without a fatal stop."""
-        if not self._held or (self._stop_reason is not None and len(self._held) >= _FATAL_AFTER):
-            return
-        held, self._held = self._held, []
-        for row in held:
-            self.counters.done += 1
-            self.counters.errors += 1
-            writer.add(row)
+def _raise_failures(tasks: list[asyncio.Task[None]]) -> None:
+    """Re-raise the first exception a finished task ended with: a bug is exit 1, never a quiet stop."""
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            task.result()
 
 
 async def _close(queue: RowQueue, workers: int) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import datetime
 import fcntl
-import io
 import json
 import os
 import secrets
@@ -152,8 +151,8 @@ class Output:
     def scan(self, columns: list[str], batch_rows: int = 256) -> Iterator[dict[str, Any]]:
         """Every committed row's chosen columns, one row group batch in memory at a time (media can be large)."""
         for part in self.parts():
-            with storage.open_read(part) as handle:
-                for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns):
+            with storage.open_parquet(part) as parquet:
+                for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
                     yield from batch.to_pylist()
 
     def done_ids(self) -> pl.Series:
@@ -292,9 +291,9 @@ class SavedIds:
 
 def _encode(table: pa.Table) -> bytes:
     """A whole Parquet file in memory, ready to be written in one go."""
-    buffer = io.BytesIO()
+    buffer = pa.BufferOutputStream()  # Arrow's own buffer: no Python file object is handed to Arrow
     pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
+    return bytes(buffer.getvalue())
 
 
 class PartWriter:

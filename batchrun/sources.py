@@ -160,7 +160,9 @@ class Source:
         """Open the Parquet file, turning a broken file into one clear message."""
         try:
             # Streamed column chunks (64 KiB reads) rather than whole ones pre-buffered: 30 MB less at peak.
-            return pq.ParquetFile(storage.open_read(self.path), buffer_size=1 << 16, pre_buffer=False)
+            # A local file is opened by Arrow itself, so no Python file object is left to Arrow's threads.
+            source = storage.open_read(self.path) if storage.is_remote(self.path) else self.path
+            return pq.ParquetFile(source, buffer_size=1 << 16, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(
                 f"{self.path}: not a readable Parquet file ({exc}); was it truncated or still being written?"
@@ -300,6 +302,20 @@ def _json_type(values: list[Any]) -> pa.DataType:
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
         return pa.float64()
     return pa.string()
+
+
+class KeptColumns:
+    """The input columns every output row carries (`output.keep_columns`), each with one type in every part."""
+
+    def __init__(self, names: list[str], types: dict[str, pa.DataType]) -> None:
+        self.fields = [pa.field(name, types.get(name, pa.string())) for name in names]
+
+    def fill(self, row: dict[str, Any], record: Record) -> None:
+        """Copy the row's kept values from its input record, fitted to their column types."""
+        if record.data is None:
+            return
+        for field in self.fields:
+            row[field.name] = coerce_kept(record.data.get(field.name), field.type)
 
 
 def coerce_kept(value: Any, type_: pa.DataType) -> Any:

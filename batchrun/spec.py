@@ -95,6 +95,20 @@ class EndpointSpec(_Strict):
             )
         return self
 
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        """A URL with a scheme and a host: without them every request fails to connect, not the spec."""
+        if value is None:
+            return value
+        scheme, _, rest = value.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0]:
+            raise ValueError(
+                f"{value!r} is not an http:// or https:// URL with a host "
+                "(e.g. https://generativelanguage.googleapis.com/v1beta/openai)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_kind(self) -> EndpointSpec:
         if self.kind == "vertex" and not self.base_url and not self.project:
@@ -146,7 +160,22 @@ class RequestSpec(_Strict):
             raise ValueError(
                 "request.params may not set 'messages' or 'model': use request.prompt/messages_column and model"
             )
+        extra = self.params.get("extra_body")
+        if extra is not None and not (isinstance(extra, dict) and isinstance(extra.get("google", {}), dict)):
+            raise ValueError("request.params.extra_body must be a mapping, and its 'google' one too")
+        both = sorted(set((extra or {}).get("google", {})) & set(self.google))
+        if both:
+            raise ValueError(
+                f"{', '.join(both)} set in both request.google and request.params.extra_body.google; "
+                "keep one (request.google is the short form of the same thing)"
+            )
         return self
+
+    @property
+    def google_options(self) -> dict[str, Any]:
+        """Google's extra_body.google options, from request.google and request.params.extra_body.google together."""
+        extra = self.params.get("extra_body") or {}
+        return {**extra.get("google", {}), **self.google}
 
 
 class LimitsSpec(_Strict):

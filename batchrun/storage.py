@@ -21,7 +21,7 @@ import os
 import posixpath
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -184,17 +184,35 @@ def read_bytes(path: str) -> bytes:
         return handle.read()
 
 
+@contextlib.contextmanager
+def open_parquet(path: str, **options: Any) -> Iterator[pq.ParquetFile]:
+    """A Parquet file for reading, closed on the thread that opened it.
+
+    Arrow gets a native file for a local path. A remote object is a Python file object, which Arrow's
+    own threads must not hold: a thread that drops the last reference to one takes the GIL, and when
+    that happens as the interpreter exits, the process aborts ("terminate called without an active
+    exception"). `pq.read_table` on a file object does exactly that (its dataset fragments are freed
+    on Arrow's thread pool after it returns), so remote files are read on the calling thread only.
+    """
+    if not is_remote(path):
+        with pq.ParquetFile(path, **options) as parquet:
+            yield parquet
+        return
+    with open_read(path) as handle, pq.ParquetFile(handle, pre_buffer=False, **options) as parquet:
+        yield parquet
+
+
 def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     """The chosen columns of one Parquet file; remote objects are read by range, not downloaded whole."""
     if is_remote(path):
-        return _remote(path, lambda fs: _read_table(fs.open(path, "rb"), columns))
-    return _read_table(open(path, "rb"), columns)
+        return _remote(path, lambda _fs: _read_whole(path, columns))
+    return _read_whole(path, columns)
 
 
-def _read_table(handle: IO[bytes], columns: list[str] | None) -> pa.Table:
-    """Read a Parquet table from an open file and close it."""
-    with handle:
-        return pq.read_table(handle, columns=columns)
+def _read_whole(path: str, columns: list[str] | None) -> pa.Table:
+    """Read the columns through `open_parquet`, with Arrow's threads only for a local file."""
+    with open_parquet(path) as parquet:
+        return parquet.read(columns=columns, use_threads=not is_remote(path))
 
 
 def write_once(path: str, data: bytes) -> None:

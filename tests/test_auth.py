@@ -10,8 +10,9 @@ import google.oauth2.credentials
 import pytest
 from google.oauth2 import service_account
 
-from batchrun.auth import CLOUD_PLATFORM, GoogleTokens
-from batchrun.errors import StoppedError
+from batchrun.auth import GoogleTokens
+from batchrun.credentials import CLOUD_PLATFORM
+from batchrun.errors import CredentialsError, StoppedError
 from batchrun.simulator import make_service_account_info
 from tests.conftest import Sim
 
@@ -131,13 +132,13 @@ def test_a_missing_or_damaged_key_file_is_named_with_the_fix(
     """A key file that is not there, or not a key, is named in the message, with what to do about it."""
     missing = tmp_path / "nowhere.json"
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(missing))
-    with pytest.raises(StoppedError, match=f"names {missing}, which does not exist"):
+    with pytest.raises(CredentialsError, match=f"names {missing}, which does not exist"):
         GoogleTokens.from_environment()
     info = json.loads(key_file.read_text())
     info["private_key"] = info["private_key"].replace("A", "B")
     key_file.write_text(json.dumps(info))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
-    with pytest.raises(StoppedError) as stopped:
+    with pytest.raises(CredentialsError) as stopped:
         GoogleTokens.from_environment()
     message = str(stopped.value)
     assert f"credentials file {key_file}" in message and "create a new key" in message
