@@ -22,7 +22,7 @@ import urllib.parse
 from collections.abc import Callable
 
 from batchrun.errors import RequestError
-from batchrun.results import Row
+from batchrun.schema import ResultRow
 
 UNREACHABLE_AFTER = 3
 REFUSED_AFTER = 10
@@ -83,7 +83,7 @@ class EndpointHealth:
         self._succeeded = False
         self._unreachable = 0
         self._cause: str | None = None
-        self._held: list[Row] = []
+        self._held: list[ResultRow] = []
         self.verdict: str | None = None  # why the run must stop, once it must
 
     def connected(self, base_url: str) -> None:
@@ -113,7 +113,7 @@ class EndpointHealth:
 
     # --- rows (from the runner) ----------------------------------------------------------------------
 
-    def admit(self, row: Row, error: RequestError | None = None) -> list[Row]:
+    def admit(self, row: ResultRow, error: RequestError | None = None) -> list[ResultRow]:
         """The rows to save now: none while `row` is a symptom (it is held), else any held rows and `row`."""
         if self._is_symptom(row, error):
             if self.verdict is None:
@@ -125,7 +125,7 @@ class EndpointHealth:
             return []
         return [*self.release(), row]
 
-    def release(self) -> list[Row]:
+    def release(self) -> list[ResultRow]:
         """The held rows, once the endpoint has proved itself; none before."""
         if not self._held or self.verdict is not None:
             return []
@@ -150,7 +150,7 @@ class EndpointHealth:
         """Rows held back right now."""
         return len(self._held)
 
-    def _is_symptom(self, row: Row, error: RequestError | None) -> bool:
+    def _is_symptom(self, row: ResultRow, error: RequestError | None) -> bool:
         """A row failed by what says the endpoint, not the row, is wrong, before the endpoint proved itself."""
         if row.get("status") != "error" or error is None:
             return False

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from batchrun.results import Row
+    from batchrun.schema import ResultRow
 
 PREFIX = "journal-"
 SUFFIX = ".jsonl"
@@ -73,9 +73,9 @@ def segments(directory: str, shard_tag: str) -> list[str]:
     return [os.path.join(directory, n) for n in sorted(mine)]
 
 
-def read_rows(paths: list[str]) -> list[Row]:
+def read_rows(paths: list[str]) -> list[ResultRow]:
     """Every whole line the segments hold, as rows; a line cut short by a host crash is skipped."""
-    rows: list[Row] = []
+    rows: list[ResultRow] = []
     for path in paths:
         with open(path, "rb") as handle:
             for line in handle:
@@ -108,7 +108,7 @@ class Journal:
         """fsync in the background every SYNC_EVERY_S."""
         self._task = asyncio.get_running_loop().create_task(self._sync_loop())
 
-    def append(self, row: Row) -> None:
+    def append(self, row: ResultRow) -> None:
         """Write one finished row; a value JSON cannot carry leaves that row to the part write alone."""
         if self.failure is not None:
             return
@@ -185,13 +185,13 @@ def _fsync(paths: list[str]) -> None:
             os.close(fd)
 
 
-def fold(paths: list[str], saved: Callable[[set[str]], set[str]], commit: Callable[[list[Row]], None]) -> int:
+def fold(paths: list[str], saved: Callable[[set[str]], set[str]], commit: Callable[[list[ResultRow]], None]) -> int:
     """Commit the rows of a killed run's journal as one part, skipping ids `saved` reports in parts; then remove it.
 
     Returns how many rows were folded. Run before the saved ids are read, under the shard's lock.
     """
     latest = {row["id"]: row for row in read_rows(paths)}
-    rows: list[Row] = []
+    rows: list[ResultRow] = []
     if latest:
         already = saved(set(latest))
         rows = [row for rid, row in latest.items() if rid not in already]

@@ -24,11 +24,11 @@ from batchrun.errors import (
     server_message,
 )
 from batchrun.redact import redact
+from batchrun.schema import ResultRow
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
-Row = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +98,7 @@ class ResultBuilder:
         answer = self._thoughts.sub("", content).strip()
         return answer, "\n\n".join(t for t in thoughts if t) or None
 
-    def ok(self, rid: str, reply: Reply, *, attempts: int, latency_ms: float, ttft_ms: float | None) -> Row:
+    def ok(self, rid: str, reply: Reply, *, attempts: int, latency_ms: float, ttft_ms: float | None) -> ResultRow:
         """The `ok` row for a checked answer (fields Vertex omits on cut-off answers stay null)."""
         return {
             "id": rid,
@@ -113,9 +113,9 @@ class ResultBuilder:
             "finished_at": _now(),
         }
 
-    def failed(self, rid: str, error: RequestError, *, attempts: int) -> Row:
+    def failed(self, rid: str, error: RequestError, *, attempts: int) -> ResultRow:
         """The `error` row for a request that failed for good; an invalid answer keeps its text and usage."""
-        row: Row = {
+        row: ResultRow = {
             "id": rid,
             "status": "error",
             "attempts": attempts,
@@ -128,7 +128,7 @@ class ResultBuilder:
             row.update(self._answer(error.raw))  # its media, if any, are what failed
         return row
 
-    def _answer(self, response: dict[str, Any]) -> Row:
+    def _answer(self, response: dict[str, Any]) -> ResultRow:
         """The columns every answer fills: text, thoughts, tool calls, media, finish_reason and usage."""
         message = _message(response)
         content, reasoning = self._split(message.get("content"))
@@ -160,7 +160,7 @@ def _validator(schema: dict[str, Any]) -> Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
-def input_error(rid: str, message: str) -> Row:
+def input_error(rid: str, message: str) -> ResultRow:
     """The `error` row for an input line or row that cannot become a request."""
     return {
         "id": rid,

@@ -24,8 +24,8 @@ from batchrun.limits import CapReached, CostCap, Limits
 from batchrun.prices import PriceBook, may_serve, price_book, require_cap_prices, row_usage
 from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
-from batchrun.results import ResultBuilder, Row, input_error
-from batchrun.schema import output_schema
+from batchrun.results import ResultBuilder, input_error
+from batchrun.schema import ResultRow, output_schema
 from batchrun.shards import Shard
 from batchrun.sink import Output, PartWriter, SavedIds
 from batchrun.sources import InputSummary, KeptColumns, Record, Source
@@ -359,14 +359,14 @@ class Runner:
                 return
             self._finish(writer, *sent, record=record)
 
-    def _unrenderable(self, record: Record, exc: RowInputError) -> Row:
+    def _unrenderable(self, record: Record, exc: RowInputError) -> ResultRow:
         """The input error row of a row that renders into no request, naming its file and line."""
         where = f"{self.prepared.source.path}:{self.prepared.source.where} {record.line}"
         return input_error(record.id, f"{where}: {exc}")
 
     async def _send(
         self, client: ChatClient, record: Record, body: dict[str, Any]
-    ) -> tuple[Row, RequestError | None] | None:
+    ) -> tuple[ResultRow, RequestError | None] | None:
         """One row's request, retried by the client, as an ok or error row (with the error that made it); None when
         the cost cap stopped the run."""
         builder = self._builder_for(body)
@@ -396,7 +396,7 @@ class Runner:
         return self._line_builders[key]
 
     def _finish(
-        self, writer: PartWriter, row: Row, error: RequestError | None = None, *, record: Record | None = None
+        self, writer: PartWriter, row: ResultRow, error: RequestError | None = None, *, record: Record | None = None
     ) -> None:
         """A finished row, with its kept columns, to the writer, unless the endpoint health watch holds it back."""
         if record is not None:
@@ -404,7 +404,7 @@ class Runner:
         for ready in self.health.admit(row, error):
             self._save(writer, ready)
 
-    def _save(self, writer: PartWriter, row: Row) -> None:
+    def _save(self, writer: PartWriter, row: ResultRow) -> None:
         """Count a row and hand it to the writer, with the attempts of an error row it replaces; a disk that
         refuses it stops the run."""
         row["attempts"] = (row.get("attempts") or 0) + self.output.replaced_attempts.pop(row["id"], 0)

@@ -1,6 +1,14 @@
-"""The output table's Arrow schema: one definition that writer, reports and docs agree on."""
+"""The output table's Arrow schema (docs/design.md §3): one definition that writer, reports and docs agree on.
+
+`ResultRow` is the same table as a type, key for key: a misspelt column is a mypy error where a row is
+built, not a silently null column (`pa.Table.from_pylist` drops keys the schema lacks), and
+tests/test_schema.py holds the two definitions together.
+"""
 
 from __future__ import annotations
+
+import datetime
+from typing import TypedDict
 
 import pyarrow as pa
 
@@ -33,6 +41,36 @@ RESULT_FIELDS: list[pa.Field] = [
 ]
 
 RESULT_COLUMNS: list[str] = [f.name for f in RESULT_FIELDS]
+
+
+class ResultRow(TypedDict, total=False):
+    """One output row's result columns; the kept input columns join it when it is saved."""
+
+    id: str
+    status: str
+    content: str | None
+    reasoning: str | None
+    parsed: str | None
+    tool_calls: str | None
+    extra_content: str | None
+    media: bytes | None
+    media_mime_type: str | None
+    finish_reason: str | None
+    model: str | None
+    response_id: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    reasoning_tokens: int | None
+    total_tokens: int | None
+    cached_tokens: int | None
+    traffic_type: str | None
+    attempts: int
+    latency_ms: float | None
+    ttft_ms: float | None
+    error_type: str | None
+    error_message: str | None
+    http_status: int | None
+    finished_at: datetime.datetime
 
 
 def output_schema(keep: list[pa.Field]) -> pa.Schema:

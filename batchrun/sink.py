@@ -24,8 +24,7 @@ import pyarrow.parquet as pq
 from batchrun import storage
 from batchrun.errors import OutputError, StorageError
 from batchrun.journal import Journal, fold, segments
-from batchrun.results import Row
-from batchrun.schema import output_schema
+from batchrun.schema import ResultRow, output_schema
 from batchrun.shards import Shard, shard_of_part
 
 if TYPE_CHECKING:
@@ -304,7 +303,7 @@ class PartWriter:
         self._schema = schema
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
-        self._buffer: list[Row] = []
+        self._buffer: list[ResultRow] = []
         self._run_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self._sequence = 0
         self._lock = asyncio.Lock()
@@ -339,7 +338,7 @@ class PartWriter:
         if self._journal is not None:
             self._journal.start()
 
-    def add(self, row: Row) -> None:
+    def add(self, row: ResultRow) -> None:
         """Queue one finished row and journal it; a full buffer wakes the writer at once."""
         if self._failure is not None:
             raise self._failure
@@ -403,7 +402,7 @@ class PartWriter:
             if self._journal is not None:
                 self._journal.release(sealed)
 
-    def _write(self, path: str, rows: list[Row]) -> None:
+    def _write(self, path: str, rows: list[ResultRow]) -> None:
         """Encode and write one part (runs in a thread)."""
         table = pa.Table.from_pylist(rows, schema=self._schema)
         storage.write_once(path, _encode(table))

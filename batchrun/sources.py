@@ -8,7 +8,7 @@ import json
 from array import array
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +16,9 @@ import pyarrow.parquet as pq
 from batchrun import storage
 from batchrun.errors import InputError
 from batchrun.spec import InputSpec
+
+if TYPE_CHECKING:
+    from batchrun.schema import ResultRow
 
 BATCH_ROWS = 2048
 _SAMPLE_ROWS = 1000
@@ -310,12 +313,13 @@ class KeptColumns:
     def __init__(self, names: list[str], types: dict[str, pa.DataType]) -> None:
         self.fields = [pa.field(name, types.get(name, pa.string())) for name in names]
 
-    def fill(self, row: dict[str, Any], record: Record) -> None:
+    def fill(self, row: ResultRow, record: Record) -> None:
         """Copy the row's kept values from its input record, fitted to their column types."""
         if record.data is None:
             return
+        columns = cast(dict[str, Any], row)  # the one set of keys known only once the spec is read
         for field in self.fields:
-            row[field.name] = coerce_kept(record.data.get(field.name), field.type)
+            columns[field.name] = coerce_kept(record.data.get(field.name), field.type)
 
 
 def coerce_kept(value: Any, type_: pa.DataType) -> Any:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from google.oauth2 import service_account
 
-from batchrun.auth import CLOUD_PLATFORM, GoogleTokens, StaticKey
+from batchrun.auth import GoogleTokens, StaticKey
 from batchrun.client import ChatClient
+from batchrun.credentials import CLOUD_PLATFORM
 from batchrun.endpoints import Connection, vertex_url
 from batchrun.errors import FinalError, RateLimitedError, RetryableError
 from batchrun.limits import Limits
