@@ -14,7 +14,7 @@ import polars as pl
 
 from batchrun import storage
 from batchrun.errors import OutputError
-from batchrun.sink import Output
+from batchrun.saved import SavedOutput
 from batchrun.sources import Source
 from batchrun.spec import JobSpec
 
@@ -23,7 +23,7 @@ def export_job(spec: JobSpec, destination: str, *, join_input: bool = False) -> 
     """Write the compacted file to `destination` (a local path or gs:// URI) and say what it holds."""
     if not destination.lower().endswith(".parquet"):
         raise OutputError(f"{destination}: the export is a Parquet file; give a name ending in .parquet")
-    output = Output(spec.output.path, shard_tag="")
+    output = SavedOutput(spec.output.path)
     parts = output.parts()
     if not parts:
         raise OutputError(f"{spec.output.path}: no saved rows yet; run the job first (batchrun run)")

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from batchrun import storage
 from batchrun.errors import OutputError
 from batchrun.media import BUILTIN_TYPES
-from batchrun.sink import Output
+from batchrun.saved import SavedOutput
 from batchrun.spec import JobSpec
 
 EXTENSIONS = {
@@ -52,7 +52,7 @@ def extension(mime: str | None) -> str:
 
 def export_media(spec: JobSpec, directory: str) -> Exported:
     """Write every saved row's media into `directory`; rows without media are skipped."""
-    output = Output(spec.output.path, shard_tag="")
+    output = SavedOutput(spec.output.path)
     if not output.parts():
         raise OutputError(f"{output.path} holds no results yet: run the job first (batchrun run)")
     storage.makedirs(directory)

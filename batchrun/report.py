@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from batchrun import tables
-from batchrun.sink import Output
+from batchrun.saved import SavedOutput
 from batchrun.spec import JobSpec, PriceSpec
 
 _TOKENS = ["prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens"]
@@ -27,7 +27,7 @@ _PER_MILLION = 1_000_000
 def build_report(spec: JobSpec, frame: pl.DataFrame | None = None) -> dict[str, Any]:
     """The whole report as plain data (what `--json` prints)."""
     if frame is None:
-        frame = Output(spec.output.path, shard_tag="").table()
+        frame = SavedOutput(spec.output.path).table()
     frame = _billable(frame)
     report: dict[str, Any] = {
         "job": spec.name,

@@ -21,9 +21,10 @@ from batchrun.limits import Limits
 from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
 from batchrun.results import ResultBuilder, Row, input_error
+from batchrun.saved import SavedIds
 from batchrun.schema import output_schema
 from batchrun.shards import Shard
-from batchrun.sink import Output, PartWriter, SavedIds
+from batchrun.sink import OutputWriter, PartWriter
 from batchrun.sources import InputSummary, Record, Source, coerce_kept
 from batchrun.spec import JobSpec
 
@@ -109,7 +110,7 @@ class Runner:
         keep = [pa.field(name, prepared.summary.types.get(name, pa.string())) for name in self.spec.output.keep_columns]
         self.keep_types = {f.name: f.type for f in keep}
         self.schema = output_schema(keep)
-        self.output = Output(self.spec.output.path, options.shard.tag)
+        self.output = OutputWriter(self.spec.output.path, options.shard)
         self.reporter = Reporter(
             self.counters,
             self.spec.name,
@@ -134,13 +135,13 @@ class Runner:
         output.prepare(self.spec.fingerprint(), self.prepared.summary.identity, force=options.force)
         reporter = self.reporter
         if options.retry_errors:
-            dropped, left = output.drop_errors(options.shard)
+            dropped, left = output.drop_errors()
             reporter.note("INFO", f"--retry-errors: {dropped} error rows will be sent again")
             if left:
                 reporter.note("WARNING", f"--retry-errors: {left} error rows of this shard are in parts written by a "
                               f"job with another task count and stay; run --retry-errors as one task (no --shard, "
                               "no CLOUD_RUN_TASK_COUNT) to send them again")
-        done = SavedIds(options.shard.owned(output.done_ids()))
+        done = SavedIds(options.shard.owned(output.saved.done_ids()))
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
@@ -197,7 +198,7 @@ class Runner:
 
     def _verify_complete(self) -> None:
         """Read back which ids are saved: exit 0 only when every row of this shard is on disk."""
-        missing = self.prepared.summary.owned - self.output.count_ids(self.options.shard.owned)
+        missing = self.prepared.summary.owned - self.output.saved.count_ids(self.options.shard.owned)
         if missing > 0:
             raise StoppedError(
                 f"{missing} rows of this run have no saved result in {self.output.path}; "

@@ -1,7 +1,8 @@
-"""Buffered Parquet parts, written whole by one writer: the committed parts are the checkpoint.
+"""The writer's side of an output directory: the shard's lock, its job record, rewrites, and the part writer.
 
 A part file is written to a temporary name and renamed into place (locally) or PUT as one object
 (gs://), so a reader sees it whole or not at all. Every id appears in at most one committed part.
+Reading the directory is saved.py's concern; this module only writes.
 """
 
 from __future__ import annotations
@@ -10,42 +11,32 @@ import asyncio
 import contextlib
 import datetime
 import fcntl
-import io
 import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batchrun import storage
 from batchrun.errors import OutputError
 from batchrun.results import Row
-from batchrun.schema import output_schema
+from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode, frame_of
 from batchrun.shards import Shard, shard_of_part
 
-META_DIR = "_batchrun"
-PART_SUFFIX = ".parquet"
-_READERS = 16
-_ID_BATCH = 128  # parts whose ids are read and sorted together on resume
 
+class OutputWriter:
+    """One shard's hold on the output directory: what only a run does to it."""
 
-class Output:
-    """The output directory: its fingerprint, its committed parts, and the ids they hold."""
-
-    def __init__(self, path: str, shard_tag: str) -> None:
-        self.path = path.rstrip("/")
-        self.shard_tag = shard_tag
-
-    @property
-    def meta_path(self) -> str:
-        """Where the job fingerprint lives (not a .parquet file, so scans skip it)."""
-        return storage.join(self.path, META_DIR, "job.json")
+    def __init__(self, path: str, shard: Shard) -> None:
+        self.saved = SavedOutput(path)
+        self.path = self.saved.path
+        self.shard = shard
+        self.shard_tag = shard.tag
+        self.meta_path = self.saved.meta_path
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -81,45 +72,32 @@ class Output:
         """Create the directory, refuse one written by another spec or input, and clean crash leftovers."""
         storage.makedirs(self.path)
         storage.check_writable(self.path)
-        if storage.exists(self.meta_path):
-            meta = json.loads(storage.read_bytes(self.meta_path))
-            if (meta.get("fingerprint"), meta.get("input")) != (fingerprint, identity) and not force:
-                raise OutputError(
-                    f"{self.path} holds results of a different job spec or input "
-                    f"(fingerprint {meta.get('fingerprint')}, input {meta.get('input', {}).get('path')}). "
-                    "Use another output.path, or pass --force to add to it anyway"
-                )
-            if meta.get("fingerprint") == fingerprint and meta.get("input") == identity:
-                self._clean_temp()
-                return
-        record = {
-            "fingerprint": fingerprint,
-            "input": identity,
-            "written_at": datetime.datetime.now(datetime.UTC).isoformat(),
-        }
-        try:
-            storage.write_once(self.meta_path, json.dumps(record, indent=2).encode())
-        except OSError as exc:
-            if not self._written_by_peer(fingerprint, identity):
-                raise OutputError(
-                    f"{self.path}: cannot write to the output directory ({exc.strerror}); "
-                    "free space or fix permissions and run again", unwritable=True
-                ) from None
+        job = {"fingerprint": fingerprint, "input": identity}
+        meta = self.saved.meta()
+        if meta is not None and not _same_job(meta, job) and not force:
+            raise OutputError(
+                f"{self.path} holds results of a different job spec or input "
+                f"(fingerprint {meta.get('fingerprint')}, input {(meta.get('input') or {}).get('path')}). "
+                "Use another output.path, or pass --force to add to it anyway"
+            )
+        if meta is None or not _same_job(meta, job):
+            record = {**job, "written_at": datetime.datetime.now(datetime.UTC).isoformat()}
+            try:
+                storage.write_once(self.meta_path, json.dumps(record, indent=2).encode())
+            except OSError as exc:
+                # Another task of the same job may have written it first (tasks start together).
+                if not _same_job(self.saved.meta() or {}, job):
+                    raise OutputError(
+                        f"{self.path}: cannot write to the output directory ({exc.strerror}); "
+                        "free space or fix permissions and run again", unwritable=True
+                    ) from None
         self._clean_temp()
-
-    def _written_by_peer(self, fingerprint: str, identity: dict[str, Any]) -> bool:
-        """Whether another task of the same job wrote the fingerprint first (tasks start together)."""
-        try:
-            meta = json.loads(storage.read_bytes(self.meta_path))
-        except (OSError, ValueError):
-            return False
-        return bool((meta.get("fingerprint"), meta.get("input")) == (fingerprint, identity))
 
     def _clean_temp(self) -> int:
         """Remove temporary files a killed run left: this shard's parts, and job.json's.
 
         A peer task writing job.json at this moment loses its temporary file, finds the file written
-        (`_written_by_peer`) and carries on; other shards' part files are theirs to clean.
+        by this task and carries on; other shards' part files are theirs to clean.
         """
         if storage.is_remote(self.path):
             return 0
@@ -130,46 +108,7 @@ class Output:
                 removed += 1
         return removed
 
-    def parts(self) -> list[str]:
-        """Every committed part file, all shards."""
-        return [p for p in storage.list_files(self.path, PART_SUFFIX) if f"/{META_DIR}/" not in p]
-
-    def table(self, columns: list[str] | None = None, parts: list[str] | None = None) -> pl.DataFrame:
-        """The chosen columns (default: all) of every committed part, or of the given ones."""
-        parts = self.parts() if parts is None else parts
-        with ThreadPoolExecutor(max_workers=_READERS) as pool:  # thousands of parts on gs:// are read at once
-            frames = list(pool.map(lambda part: _frame(storage.read_parquet(part, columns)), parts))
-        if not frames:
-            return pl.DataFrame(schema=_empty_schema(columns))
-        return pl.concat(frames, how="diagonal_relaxed")
-
-    def scan(self, columns: list[str], batch_rows: int = 256) -> Iterator[dict[str, Any]]:
-        """Every committed row's chosen columns, one row group batch in memory at a time (media can be large)."""
-        for part in self.parts():
-            with storage.open_read(part) as handle:
-                for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns):
-                    yield from batch.to_pylist()
-
-    def done_ids(self) -> pl.Series:
-        """The ids that already have a saved row, sorted, for skipping on resume.
-
-        Parts are read and sorted a batch at a time, then merged: reading a million ids this way
-        peaks about 45 MB lower than reading every part into one frame and sorting that.
-        """
-        parts = self.parts()
-        runs = [pl.Series("id", [], dtype=pl.String)]
-        with ThreadPoolExecutor(max_workers=_READERS) as pool:
-            for start in range(0, len(parts), _ID_BATCH):
-                columns = pool.map(_ids, parts[start: start + _ID_BATCH])
-                runs.append(pl.concat(columns).sort())
-        return pl.concat(runs).sort()
-
-    def count_ids(self, keep: Callable[[pl.Series], pl.Series]) -> int:
-        """How many saved ids `keep` keeps, counted part by part so the ids are never all in memory."""
-        with ThreadPoolExecutor(max_workers=_READERS) as pool:
-            return sum(pool.map(lambda part: len(keep(_ids(part))), self.parts()))
-
-    def drop_errors(self, shard: Shard) -> tuple[int, int]:
+    def drop_errors(self) -> tuple[int, int]:
         """Remove the `error` rows this run owns so --retry-errors sends them again; each part is replaced whole.
 
         Returns (dropped, left). A single task owns every row and rewrites any part. One of N tasks
@@ -177,16 +116,17 @@ class Output:
         the tasks running beside it, and two tasks rewriting one part would undo each other's work.
         The error rows it owns in such parts are counted as left.
         """
+        shard = self.shard
         dropped = left = 0
-        for part in self.parts():
+        for part in self.saved.parts():
             named = shard_of_part(os.path.basename(part))
             if shard.count > 1 and named != shard:
                 if named is None or named.count != shard.count:
-                    frame = _frame(storage.read_parquet(part, ["id", "status"])).filter(pl.col("status") == "error")
+                    frame = frame_of(storage.read_parquet(part, ["id", "status"])).filter(pl.col("status") == "error")
                     left += len(shard.owned(frame.get_column("id")))
                 continue
             table = storage.read_parquet(part)
-            frame = _frame(table)
+            frame = frame_of(table)
             mask = (frame.get_column("status") == "error") & frame.get_column("id").map_elements(
                 shard.owns, return_dtype=pl.Boolean
             )
@@ -197,65 +137,20 @@ class Output:
             if kept.num_rows == 0:
                 storage.remove(part)
             else:
-                storage.write_once(part, _encode(kept))
+                storage.write_once(part, encode(kept))
             dropped += count
         return dropped, left
 
 
-def _ids(part: str) -> pl.Series:
-    """One part's id column."""
-    return pl.Series("id", storage.read_parquet(part, ["id"]).column("id"), dtype=pl.String)
-
-
-def _frame(table: pa.Table) -> pl.DataFrame:
-    """An Arrow table as a polars frame."""
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame
-
-
-def _empty_schema(columns: list[str] | None) -> dict[str, pl.DataType]:
-    """The polars schema of an output with no parts yet, so readers need no special case."""
-    frame = _frame(output_schema([]).empty_table())
-    return {name: dtype for name, dtype in frame.schema.items() if columns is None or name in columns} | {
-        name: pl.String() for name in columns or [] if name not in frame.schema
-    }
-
-
-class SavedIds:
-    """Ids that already have a saved row, sorted once so each input batch is checked by binary search.
-
-    Exact, a few bytes per id where a Python set of str costs about a hundred, and about 1 ms per
-    2,048-row batch at a million saved ids (polars' `is_in` rebuilds its hash table every call:
-    0.8 s per batch at that size).
-    """
-
-    def __init__(self, ids: pl.Series) -> None:
-        self._ids = ids.cast(pl.String).sort()
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def contains(self, ids: list[str]) -> list[bool]:
-        """For each id, whether it is saved."""
-        if not len(self._ids):
-            return [False] * len(ids)
-        probe = pl.Series(ids, dtype=pl.String)
-        at = self._ids.search_sorted(probe).clip(0, len(self._ids) - 1)
-        return (self._ids.gather(at) == probe).to_list()
-
-
-def _encode(table: pa.Table) -> bytes:
-    """A whole Parquet file in memory, ready to be written in one go."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
+def _same_job(meta: dict[str, Any], job: dict[str, Any]) -> bool:
+    """Whether a job record was written by this spec over this input: the one place they are compared."""
+    return all(meta.get(key) == value for key, value in job.items())
 
 
 class PartWriter:
     """The one writer: workers hand it rows, it commits a part every `flush_rows` rows or `flush_seconds`."""
 
-    def __init__(self, output: Output, schema: pa.Schema, *, flush_rows: int, flush_seconds: float) -> None:
+    def __init__(self, output: OutputWriter, schema: pa.Schema, *, flush_rows: int, flush_seconds: float) -> None:
         self._output = output
         self._schema = schema
         self._flush_rows = flush_rows
@@ -329,7 +224,7 @@ class PartWriter:
     def _write(self, path: str, rows: list[Row]) -> None:
         """Encode and write one part (runs in a thread)."""
         table = pa.Table.from_pylist(rows, schema=self._schema)
-        storage.write_once(path, _encode(table))
+        storage.write_once(path, encode(table))
 
     async def close(self) -> None:
         """Let the periodic flush finish its current part, then commit whatever is left."""

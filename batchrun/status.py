@@ -8,8 +8,8 @@ from typing import Any
 import polars as pl
 
 from batchrun import tables
+from batchrun.saved import SavedOutput
 from batchrun.shards import owner, shard_of_part
-from batchrun.sink import Output
 from batchrun.sources import Source
 from batchrun.spec import JobSpec
 
@@ -35,7 +35,7 @@ def shard_count(parts: list[str], requested: int | None) -> int:
 
 def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
     """Counts over every shard's parts: rows in the input, ok, error, done, pending, and the same per shard."""
-    output = Output(spec.output.path, shard_tag="")
+    output = SavedOutput(spec.output.path)
     parts = output.parts()
     saved = output.table(["id", "status"], parts)
     count = shard_count(parts, shards)

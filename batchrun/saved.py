@@ -1,0 +1,134 @@
+"""The readers' side of an output directory: its committed parts, their rows and ids, and the job record.
+
+Read-only: `status`, `report`, `export` and `export-media` use this alone; a run's writer (sink.py)
+reads through it too. A part file is whole or absent (see storage.py), so any listing is consistent.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchrun import storage
+from batchrun.schema import output_schema
+
+META_DIR = "_batchrun"
+PART_SUFFIX = ".parquet"
+_READERS = 16
+_ID_BATCH = 128  # parts whose ids are read and sorted together on resume
+
+
+class SavedOutput:
+    """An output directory as readers see it: every shard's committed parts."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path.rstrip("/")
+
+    @property
+    def meta_path(self) -> str:
+        """Where the job record lives (not a .parquet file, so scans skip it)."""
+        return storage.join(self.path, META_DIR, "job.json")
+
+    def meta(self) -> dict[str, Any] | None:
+        """The job record the last run wrote, or None before the first run (or when it cannot be read)."""
+        try:
+            record = json.loads(storage.read_bytes(self.meta_path))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def parts(self) -> list[str]:
+        """Every committed part file, all shards."""
+        return [p for p in storage.list_files(self.path, PART_SUFFIX) if f"/{META_DIR}/" not in p]
+
+    def table(self, columns: list[str] | None = None, parts: list[str] | None = None) -> pl.DataFrame:
+        """The chosen columns (default: all) of every committed part, or of the given ones."""
+        parts = self.parts() if parts is None else parts
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:  # thousands of parts on gs:// are read at once
+            frames = list(pool.map(lambda part: frame_of(storage.read_parquet(part, columns)), parts))
+        if not frames:
+            return pl.DataFrame(schema=_empty_schema(columns))
+        return pl.concat(frames, how="diagonal_relaxed")
+
+    def scan(self, columns: list[str], batch_rows: int = 256) -> Iterator[dict[str, Any]]:
+        """Every committed row's chosen columns, one row group batch in memory at a time (media can be large)."""
+        for part in self.parts():
+            with storage.open_read(part) as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns):
+                    yield from batch.to_pylist()
+
+    def done_ids(self) -> pl.Series:
+        """The ids that already have a saved row, sorted, for skipping on resume.
+
+        Parts are read and sorted a batch at a time, then merged: reading a million ids this way
+        peaks about 45 MB lower than reading every part into one frame and sorting that.
+        """
+        parts = self.parts()
+        runs = [pl.Series("id", [], dtype=pl.String)]
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:
+            for start in range(0, len(parts), _ID_BATCH):
+                columns = pool.map(_ids, parts[start: start + _ID_BATCH])
+                runs.append(pl.concat(columns).sort())
+        return pl.concat(runs).sort()
+
+    def count_ids(self, keep: Callable[[pl.Series], pl.Series]) -> int:
+        """How many saved ids `keep` keeps, counted part by part so the ids are never all in memory."""
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:
+            return sum(pool.map(lambda part: len(keep(_ids(part))), self.parts()))
+
+
+def _ids(part: str) -> pl.Series:
+    """One part's id column."""
+    return pl.Series("id", storage.read_parquet(part, ["id"]).column("id"), dtype=pl.String)
+
+
+def frame_of(table: pa.Table) -> pl.DataFrame:
+    """An Arrow table as a polars frame."""
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _empty_schema(columns: list[str] | None) -> dict[str, pl.DataType]:
+    """The polars schema of an output with no parts yet, so readers need no special case."""
+    frame = frame_of(output_schema([]).empty_table())
+    return {name: dtype for name, dtype in frame.schema.items() if columns is None or name in columns} | {
+        name: pl.String() for name in columns or [] if name not in frame.schema
+    }
+
+
+def encode(table: pa.Table) -> bytes:
+    """A whole Parquet file in memory, ready to be written in one go."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+class SavedIds:
+    """Ids that already have a saved row, sorted once so each input batch is checked by binary search.
+
+    Exact, a few bytes per id where a Python set of str costs about a hundred, and about 1 ms per
+    2,048-row batch at a million saved ids (polars' `is_in` rebuilds its hash table every call:
+    0.8 s per batch at that size).
+    """
+
+    def __init__(self, ids: pl.Series) -> None:
+        self._ids = ids.cast(pl.String).sort()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def contains(self, ids: list[str]) -> list[bool]:
+        """For each id, whether it is saved."""
+        if not len(self._ids):
+            return [False] * len(ids)
+        probe = pl.Series(ids, dtype=pl.String)
+        at = self._ids.search_sorted(probe).clip(0, len(self._ids) - 1)
+        return (self._ids.gather(at) == probe).to_list()
