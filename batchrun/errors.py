@@ -3,7 +3,7 @@
     BatchrunError                 anything the CLI prints as a message and maps to an exit code
     ├── SpecError                 the job spec is invalid (exit 2); names the YAML path and the fix
     ├── InputError                the input cannot be read at all (exit 2); names the file and line/row
-    ├── OutputError               the output directory is another job's (exit 2) or cannot be written (exit 3)
+    ├── OutputError               rows changed and no --refresh/--keep (exit 2), or unwritable (exit 3)
     └── StoppedError              the run stopped early with every finished row saved (exit 3)
 
     RequestError                  one request failed; carried into an `error` row, never raised to the CLI
@@ -43,7 +43,7 @@ class InputError(BatchrunError):
 
 
 class OutputError(BatchrunError):
-    """The output directory is refused (fingerprint) or cannot be written (full, read-only, not a directory).
+    """The output is refused (rows changed, no id in common with the input) or cannot be written (full, read-only).
 
     An unwritable output stops the run like a signal does (exit 3): the spec is fine, every row saved
     so far stays, and the same command resumes once the disk or the permissions are fixed.

@@ -97,21 +97,22 @@ class Renderer:
                 hint = f"did you mean '{close[0]}'?" if close else f"its columns are: {', '.join(columns)}"
                 raise SpecError(f"{key} names column '{name}', which {path} does not have; {hint}")
 
-    def render(self, record: Record) -> dict[str, Any]:
-        """The request body for one row."""
+    def render(self, record: Record, *, read_media: bool = True) -> dict[str, Any]:
+        """The request body for one row; without `read_media`, media parts name their column value (path or URI)
+        instead of holding the file's bytes, which is what a row's request_hash covers (no file is read)."""
         assert record.data is not None
         if self.input_format == "openai-batch":
             return self._batch_body(record.data)
         body: dict[str, Any] = {}
         if self.spec.model:
             body["model"] = self.spec.model
-        body["messages"] = self._messages(record.data)
+        body["messages"] = self._messages(record.data, read_media)
         body.update(self.params)
         if self.google:
             body["extra_body"] = {"google": self.google}
         return body
 
-    def _messages(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _messages(self, data: dict[str, Any], read_media: bool) -> list[dict[str, Any]]:
         """The messages list: system + user from templates, or the row's own messages column."""
         column = self.spec.request.messages_column
         if column:
@@ -131,7 +132,11 @@ class Renderer:
             assert self.prompt is not None
             text = self.prompt.render(data)
             openai_style = self.spec.endpoint.kind == "openai"
-            parts = [_media_part(m, data.get(m.column), openai_style=openai_style) for m in self.spec.request.media]
+            parts = [
+                _media_part(m, data.get(m.column), openai_style=openai_style) if read_media
+                else _media_ref(m, data.get(m.column))
+                for m in self.spec.request.media
+            ]
             parts = [p for p in parts if p is not None]
             content: Any = [{"type": "text", "text": text}, *parts] if parts else text
             result.append({"role": "user", "content": content})
@@ -157,6 +162,11 @@ class Renderer:
             extra.setdefault("google", self.google)
             result["extra_body"] = extra
         return result
+
+
+def _media_ref(media: MediaSpec, value: Any) -> dict[str, Any] | None:
+    """A media part as its column value alone: what the request's hash covers, with no file read."""
+    return None if value is None or value == "" else {"media": media.model_dump(), "value": value}
 
 
 def _media_part(media: MediaSpec, value: Any, *, openai_style: bool) -> dict[str, Any] | None:

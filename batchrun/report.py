@@ -16,7 +16,8 @@ from typing import Any
 import polars as pl
 
 from batchrun import tables
-from batchrun.saved import SavedOutput
+from batchrun.saved import SavedOutput, live
+from batchrun.sources import Source
 from batchrun.spec import JobSpec, PriceSpec
 
 _TOKENS = ["prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens"]
@@ -25,9 +26,9 @@ _PER_MILLION = 1_000_000
 
 
 def build_report(spec: JobSpec, frame: pl.DataFrame | None = None) -> dict[str, Any]:
-    """The whole report as plain data (what `--json` prints)."""
+    """The whole report as plain data (what `--json` prints), over the live rows (ids in the input now)."""
     if frame is None:
-        frame = SavedOutput(spec.output.path).table()
+        frame = live(SavedOutput(spec.output.path).table(), Source(spec.input).ids())
     frame = _billable(frame)
     report: dict[str, Any] = {
         "job": spec.name,
@@ -47,6 +48,11 @@ def build_report(spec: JobSpec, frame: pl.DataFrame | None = None) -> dict[str, 
     if spec.report.prices:
         report["cost"] = _cost(frame, spec)
     return report
+
+
+def cost_of(frame: pl.DataFrame, spec: JobSpec) -> dict[str, Any] | None:
+    """What the saved rows in `frame` cost at the spec's prices (a rerun's estimate), or None without prices."""
+    return _cost(_billable(frame), spec) if spec.report.prices else None
 
 
 def _int(value: Any) -> int:

@@ -13,6 +13,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import polars as pl
 import pyarrow as pa
 
 from batchrun.collector import PacedCollector
@@ -20,6 +21,7 @@ from batchrun.errors import InputError, RequestError, SpecError, StoppedError
 from batchrun.limits import Limits
 from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
+from batchrun.rerun import RequestHasher, compare, decide, job_record, keep_key
 from batchrun.results import ResultBuilder, Row, input_error
 from batchrun.saved import SavedIds
 from batchrun.schema import output_schema
@@ -45,7 +47,8 @@ class RunOptions:
 
     limit: int | None = None
     retry_errors: bool = False
-    force: bool = False
+    refresh: bool = False
+    keep: bool = False
     shard: Shard = field(default_factory=Shard)
     attempt: int = 0
     interactive: bool = False
@@ -111,6 +114,7 @@ class Runner:
         self.keep_types = {f.name: f.type for f in keep}
         self.schema = output_schema(keep)
         self.output = OutputWriter(self.spec.output.path, options.shard)
+        self.hasher = RequestHasher(self.spec, prepared.renderer)
         self.reporter = Reporter(
             self.counters,
             self.spec.name,
@@ -132,16 +136,9 @@ class Runner:
     async def _run(self) -> int:
         """The run itself, with this shard of the output held."""
         output, options = self.output, self.options
-        output.prepare(self.spec.fingerprint(), self.prepared.summary.identity, force=options.force)
+        output.prepare()
+        done = self._plan(output)
         reporter = self.reporter
-        if options.retry_errors:
-            dropped, left = output.drop_errors()
-            reporter.note("INFO", f"--retry-errors: {dropped} error rows will be sent again")
-            if left:
-                reporter.note("WARNING", f"--retry-errors: {left} error rows of this shard are in parts written by a "
-                              f"job with another task count and stay; run --retry-errors as one task (no --shard, "
-                              "no CLOUD_RUN_TASK_COUNT) to send them again")
-        done = SavedIds(options.shard.owned(output.saved.done_ids()))
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
@@ -177,6 +174,33 @@ class Runner:
                     await reporter.stop("finished" if self._stop_reason is None else "stopped")
                     await client.close()
         return await self._exit_code(writer, limited)
+
+    def _plan(self, output: OutputWriter) -> SavedIds:
+        """Compare the saved rows with the input row by row, refuse or record the job, drop the gone rows, and
+        mark the rows to send again; returns the saved ids this run skips."""
+        options = self.options
+        comparison = compare(self.spec, output.saved, options.shard)
+        recorded = output.saved.meta()
+        record = job_record(self.spec, self.prepared.summary.identity)
+        kept_before = recorded is not None and recorded.get("kept") == keep_key(record)
+        plan = decide(comparison, self.spec, refresh=options.refresh, keep=options.keep,
+                      retry_errors=options.retry_errors, recorded=recorded, kept_before=kept_before,
+                      rewritable=output.may_rewrite)
+        if options.keep or kept_before:
+            record["kept"] = keep_key(record)
+        output.record_job(record)
+        output.drop(plan.gone, comparison.parts)
+        output.replace_rows(plan.replace, comparison.parts)
+        for note in plan.notes:
+            self.reporter.note("INFO", note)
+        if options.retry_errors:
+            retried = plan.replace.join(comparison.rows.filter(pl.col("status") == "error"), on="id").height
+            self.reporter.note("INFO", f"--retry-errors: {retried} error rows will be sent again")
+        if plan.left:
+            self.reporter.note("WARNING", f"{plan.left} rows of this shard to send again are in parts written by a "
+                               "job with another task count and stay; run the same command as one task (no --shard, "
+                               "no CLOUD_RUN_TASK_COUNT) to send them again")
+        return plan.skip
 
     async def _exit_code(self, writer: PartWriter, limited: bool) -> int:
         """0 when every row has a final result (or --limit was reached), else raise the reason to stop."""
@@ -275,14 +299,14 @@ class Runner:
                     return True
                 sent += 1
                 if record.data is None:
-                    self._finish(writer, input_error(record.id, record.error or "unreadable row"))
+                    self._finish(writer, input_error(record.id, record.error or "unreadable row"), record)
                     continue
                 body = None
                 if render_here:
                     try:
                         body = self.prepared.renderer.render(record)
                     except RowInputError as exc:
-                        self._finish(writer, self._unrenderable(record, exc))
+                        self._finish(writer, self._unrenderable(record, exc), record)
                         continue
                 await queue.put((record, body))
                 await asyncio.sleep(0)  # one woken worker at a time: 2,000 starting at once would stall the loop
@@ -304,7 +328,7 @@ class Runner:
                 try:
                     body = await asyncio.to_thread(self.prepared.renderer.render, record)
                 except RowInputError as exc:
-                    self._finish(writer, self._unrenderable(record, exc))
+                    self._finish(writer, self._unrenderable(record, exc), record)
                     continue
             row = await self._send(client, record, body)
             self._finish(writer, row, record)
@@ -322,11 +346,14 @@ class Runner:
         try:
             answer = await client.complete(body, estimate, check)
         except RequestError as exc:
-            return builder.failed(record.id, exc, attempts=exc.attempts)
-        self._successes += 1
-        self.counters.tokens += int((answer.response.get("usage") or {}).get("total_tokens") or 0)
-        return builder.ok(record.id, answer.response, attempts=answer.attempts,
-                          latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
+            row = builder.failed(record.id, exc, attempts=exc.attempts)
+        else:
+            self._successes += 1
+            self.counters.tokens += int((answer.response.get("usage") or {}).get("total_tokens") or 0)
+            row = builder.ok(record.id, answer.response, attempts=answer.attempts,
+                             latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
+        row["request_hash"] = self.hasher.of_sent(record, body)
+        return row
 
     def _builder_for(self, body: dict[str, Any]) -> ResultBuilder:
         """The spec's result builder, or one for an OpenAI Batch line's own response_format (checked when rendered)."""
@@ -341,9 +368,11 @@ class Runner:
             )
         return self._line_builders[key]
 
-    def _finish(self, writer: PartWriter, row: Row, record: Record | None = None) -> None:
+    def _finish(self, writer: PartWriter, row: Row, record: Record) -> None:
         """Count a finished row and hand it to the writer (held back while the endpoint looks broken)."""
-        if record is not None and record.data is not None:
+        if "request_hash" not in row:
+            row["request_hash"] = self.hasher.of_record(record)  # a row that makes no request: its reason
+        if record.data is not None:
             for name, type_ in self.keep_types.items():
                 row[name] = coerce_kept(record.data.get(name), type_)
         if self._is_fatal_symptom(row):

@@ -57,6 +57,23 @@ class SavedOutput:
             return pl.DataFrame(schema=_empty_schema(columns))
         return pl.concat(frames, how="diagonal_relaxed")
 
+    def rows(self, columns: list[str], parts: list[str]) -> pl.DataFrame:
+        """The chosen columns of every row in `parts`, and `part`, its part's index there; a column a part
+        written by an older version lacks (request_hash) is null."""
+
+        def read(index: int) -> pl.DataFrame:
+            with storage.open_read(parts[index]) as handle:
+                parquet = pq.ParquetFile(handle)
+                present = [name for name in columns if name in parquet.schema_arrow.names]
+                frame = frame_of(parquet.read(columns=present))
+            return frame.with_columns(pl.lit(index, dtype=pl.Int64).alias("part"))
+
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:
+            frames = list(pool.map(read, range(len(parts))))
+        empty = pl.DataFrame(schema=_empty_schema(columns) | {"part": pl.Int64()})
+        frame = pl.concat([empty, *frames], how="diagonal_relaxed")
+        return frame.select(*columns, "part")
+
     def scan(self, columns: list[str], batch_rows: int = 256) -> Iterator[dict[str, Any]]:
         """Every committed row's chosen columns, one row group batch in memory at a time (media can be large)."""
         for part in self.parts():
@@ -82,6 +99,16 @@ class SavedOutput:
         """How many saved ids `keep` keeps, counted part by part so the ids are never all in memory."""
         with ThreadPoolExecutor(max_workers=_READERS) as pool:
             return sum(pool.map(lambda part: len(keep(_ids(part))), self.parts()))
+
+
+def live(frame: pl.DataFrame, ids: pl.Series) -> pl.DataFrame:
+    """The saved rows whose id is in the input now: a gone row stays on disk only until the next run."""
+    return frame.filter(pl.col("id").is_in(ids.implode()))
+
+
+def same_job(recorded: dict[str, Any] | None, record: dict[str, Any]) -> bool:
+    """Whether job.json was written for this spec over this input: the one place job records are compared."""
+    return recorded is not None and all(recorded.get(key) == value for key, value in record.items())
 
 
 def _ids(part: str) -> pl.Series:

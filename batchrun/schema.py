@@ -22,6 +22,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("total_tokens", pa.int64()),
     pa.field("traffic_type", pa.string()),
     pa.field("attempts", pa.int32()),
+    pa.field("request_hash", pa.string()),
     pa.field("latency_ms", pa.float64()),
     pa.field("ttft_ms", pa.float64()),
     pa.field("error_type", pa.string()),

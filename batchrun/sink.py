@@ -20,11 +20,12 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchrun import storage
 from batchrun.errors import OutputError
 from batchrun.results import Row
-from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode, frame_of
+from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode, frame_of, same_job
 from batchrun.shards import Shard, shard_of_part
 
 
@@ -37,6 +38,7 @@ class OutputWriter:
         self.shard = shard
         self.shard_tag = shard.tag
         self.meta_path = self.saved.meta_path
+        self._replacing: _Placement | None = None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -68,30 +70,26 @@ class OutputWriter:
         finally:
             os.close(descriptor)
 
-    def prepare(self, fingerprint: str, identity: dict[str, Any], *, force: bool) -> None:
-        """Create the directory, refuse one written by another spec or input, and clean crash leftovers."""
+    def prepare(self) -> None:
+        """Create the directory, check it takes files, and clean this shard's crash leftovers."""
         storage.makedirs(self.path)
         storage.check_writable(self.path)
-        job = {"fingerprint": fingerprint, "input": identity}
-        meta = self.saved.meta()
-        if meta is not None and not _same_job(meta, job) and not force:
-            raise OutputError(
-                f"{self.path} holds results of a different job spec or input "
-                f"(fingerprint {meta.get('fingerprint')}, input {(meta.get('input') or {}).get('path')}). "
-                "Use another output.path, or pass --force to add to it anyway"
-            )
-        if meta is None or not _same_job(meta, job):
-            record = {**job, "written_at": datetime.datetime.now(datetime.UTC).isoformat()}
-            try:
-                storage.write_once(self.meta_path, json.dumps(record, indent=2).encode())
-            except OSError as exc:
-                # Another task of the same job may have written it first (tasks start together).
-                if not _same_job(self.saved.meta() or {}, job):
-                    raise OutputError(
-                        f"{self.path}: cannot write to the output directory ({exc.strerror}); "
-                        "free space or fix permissions and run again", unwritable=True
-                    ) from None
         self._clean_temp()
+
+    def record_job(self, record: dict[str, Any]) -> None:
+        """Write job.json for this run's spec and input, unless it says so already (or a peer task just wrote it)."""
+        if same_job(self.saved.meta(), record):
+            return
+        stamped = {**record, "written_at": datetime.datetime.now(datetime.UTC).isoformat()}
+        try:
+            storage.write_once(self.meta_path, json.dumps(stamped, indent=2).encode())
+        except OSError as exc:
+            # Another task of the same job may have written it first (tasks start together).
+            if not same_job(self.saved.meta(), record):
+                raise OutputError(
+                    f"{self.path}: cannot write to the output directory ({exc.strerror}); "
+                    "free space or fix permissions and run again", unwritable=True
+                ) from None
 
     def _clean_temp(self) -> int:
         """Remove temporary files a killed run left: this shard's parts, and job.json's.
@@ -108,43 +106,69 @@ class OutputWriter:
                 removed += 1
         return removed
 
-    def drop_errors(self) -> tuple[int, int]:
-        """Remove the `error` rows this run owns so --retry-errors sends them again; each part is replaced whole.
+    def may_rewrite(self, part: str) -> bool:
+        """Whether this run may rewrite a part: a single task owns every row; one of N tasks only the parts
+        named for it, since a part written under another task count holds rows of the tasks beside it and two
+        tasks rewriting one part would undo each other's work."""
+        return self.shard.count == 1 or shard_of_part(os.path.basename(part)) == self.shard
 
-        Returns (dropped, left). A single task owns every row and rewrites any part. One of N tasks
-        rewrites only the parts named for it: a part written under another task count holds rows of
-        the tasks running beside it, and two tasks rewriting one part would undo each other's work.
-        The error rows it owns in such parts are counted as left.
+    def replace_rows(self, placed: pl.DataFrame, parts: list[str]) -> None:
+        """Rows (id, part index) whose new row, when committed, replaces the old one in its part."""
+        self._replacing = _Placement(placed, parts)
+
+    def drop(self, placed: pl.DataFrame, parts: list[str]) -> None:
+        """Remove rows (id, part index) from their parts, each part rewritten whole."""
+        for index in sorted(placed.get_column("part").unique().to_list()):
+            self._rewrite(parts[index], placed.filter(pl.col("part") == index).get_column("id"), None)
+
+    def commit(self, path: str, table: pa.Table) -> None:
+        """Save finished rows: new ids as the part `path`; each replacement inside the part its old row is in.
+
+        One write a file, each whole (storage.write_once), and every id in exactly one of them, so each id's
+        swap from old row to new is one atomic step: a reader, or a kill at any instant, sees one or the other.
         """
-        shard = self.shard
-        dropped = left = 0
-        for part in self.saved.parts():
-            named = shard_of_part(os.path.basename(part))
-            if shard.count > 1 and named != shard:
-                if named is None or named.count != shard.count:
-                    frame = frame_of(storage.read_parquet(part, ["id", "status"])).filter(pl.col("status") == "error")
-                    left += len(shard.owned(frame.get_column("id")))
-                continue
-            table = storage.read_parquet(part)
-            frame = frame_of(table)
-            mask = (frame.get_column("status") == "error") & frame.get_column("id").map_elements(
-                shard.owns, return_dtype=pl.Boolean
-            )
-            count = int(mask.sum())
-            if count == 0:
-                continue
-            kept = table.filter(pa.array((~mask).to_list()))
-            if kept.num_rows == 0:
-                storage.remove(part)
-            else:
-                storage.write_once(part, encode(kept))
-            dropped += count
-        return dropped, left
+        places = self._replacing.locate(table.column("id").to_pylist()) if self._replacing else None
+        if places is None or all(place is None for place in places):
+            storage.write_once(path, encode(table))
+            return
+        located = pa.array([place is not None for place in places])
+        fresh = table.filter(pc.invert(located))
+        if fresh.num_rows:
+            storage.write_once(path, encode(fresh))
+        moved = table.filter(located)
+        where = pa.array([place for place in places if place is not None])
+        for part in sorted(set(where.to_pylist())):
+            rows = moved.filter(pc.equal(where, part))
+            self._rewrite(part, pl.Series(rows.column("id").to_pylist(), dtype=pl.String), rows)
+
+    def _rewrite(self, part: str, ids: pl.Series, rows: pa.Table | None) -> None:
+        """Replace a part whole by itself without `ids`, plus `rows` (removed when nothing is left)."""
+        table = storage.read_parquet(part)
+        kept = table.filter(pa.array((~frame_of(table.select(["id"])).get_column("id").is_in(ids.implode())).to_list()))
+        if rows is not None:
+            kept = pa.concat_tables([kept, rows], promote_options="permissive")
+        if kept.num_rows == 0:
+            storage.remove(part)
+        else:
+            storage.write_once(part, encode(kept))
 
 
-def _same_job(meta: dict[str, Any], job: dict[str, Any]) -> bool:
-    """Whether a job record was written by this spec over this input: the one place they are compared."""
-    return all(meta.get(key) == value for key, value in job.items())
+class _Placement:
+    """Which saved part holds each row being replaced, found by binary search over the sorted ids."""
+
+    def __init__(self, placed: pl.DataFrame, parts: list[str]) -> None:
+        ordered = placed.sort("id")
+        self._ids = ordered.get_column("id").cast(pl.String)
+        self._parts = [parts[i] for i in ordered.get_column("part").to_list()]
+
+    def locate(self, ids: list[str]) -> list[str | None]:
+        """For each id, the part that holds its old row, or None for an id saved nowhere."""
+        if not len(self._ids):
+            return [None] * len(ids)
+        probe = pl.Series(ids, dtype=pl.String)
+        at = self._ids.search_sorted(probe).clip(0, len(self._ids) - 1)
+        hits = (self._ids.gather(at) == probe).to_list()
+        return [self._parts[i] if hit else None for i, hit in zip(at.to_list(), hits, strict=True)]
 
 
 class PartWriter:
@@ -223,8 +247,7 @@ class PartWriter:
 
     def _write(self, path: str, rows: list[Row]) -> None:
         """Encode and write one part (runs in a thread)."""
-        table = pa.Table.from_pylist(rows, schema=self._schema)
-        storage.write_once(path, encode(table))
+        self._output.commit(path, pa.Table.from_pylist(rows, schema=self._schema))
 
     async def close(self) -> None:
         """Let the periodic flush finish its current part, then commit whatever is left."""

@@ -200,6 +200,13 @@ class Source:
             format=self.format,
         )
 
+    def ids(self) -> pl.Series:
+        """Every id of the input, in file order, as a run assigns them (unreadable lines included)."""
+        ids: list[str] = []
+        for batch in self.batches(columns=self._id_columns()):
+            ids.extend(record.id for record in batch)
+        return pl.Series("id", ids, dtype=pl.String)
+
     def _id_columns(self) -> list[str] | None:
         """The columns a counting pass needs: the id's alone (Parquet types come from its schema)."""
         key = "custom_id" if self.format == "openai-batch" else self.spec.id_column

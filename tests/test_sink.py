@@ -12,7 +12,7 @@ import pytest
 from batchrun.errors import OutputError
 from batchrun.saved import SavedIds, SavedOutput
 from batchrun.schema import output_schema
-from batchrun.shards import Shard, owner
+from batchrun.shards import Shard
 from batchrun.sink import OutputWriter, PartWriter
 
 
@@ -106,21 +106,22 @@ def test_failed_write_is_reported_and_keeps_earlier_parts(tmp_path: Path) -> Non
         writer.add(row("c"))
 
 
-def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
-    """Another spec's output is refused unless forced; the same spec resumes."""
+def test_the_job_record_is_written_once_per_spec_and_compared_in_one_place(tmp_path: Path) -> None:
+    """job.json is rewritten only when the spec or input differs from what it records."""
     output = OutputWriter(str(tmp_path), Shard())
-    output.prepare("fp1", {"path": "in.jsonl", "size": 1}, force=False)
-    output.prepare("fp1", {"path": "in.jsonl", "size": 1}, force=False)
-    with pytest.raises(OutputError, match="different job spec or input"):
-        output.prepare("fp2", {"path": "in.jsonl", "size": 1}, force=False)
-    output.prepare("fp2", {"path": "in.jsonl", "size": 1}, force=True)
+    output.record_job({"fingerprint": "fp1", "input": {"path": "in.jsonl"}})
+    written = (tmp_path / "_batchrun" / "job.json").read_text()
+    output.record_job({"fingerprint": "fp1", "input": {"path": "in.jsonl"}})
+    assert (tmp_path / "_batchrun" / "job.json").read_text() == written
+    output.record_job({"fingerprint": "fp2", "input": {"path": "in.jsonl"}})
+    assert output.saved.meta() is not None and output.saved.meta()["fingerprint"] == "fp2"  # type: ignore[index]
 
 
 def test_temp_files_of_this_shard_are_cleaned(tmp_path: Path) -> None:
     """Leftover temporary parts of this shard are removed at start; other shards' are left to them."""
     (tmp_path / "part-0000of0002-x-00001.parquet.123.tmp").write_bytes(b"half")
     (tmp_path / "part-0001of0002-x-00001.parquet.456.tmp").write_bytes(b"half")
-    OutputWriter(str(tmp_path), Shard(0, 2)).prepare("fp", {}, force=False)
+    OutputWriter(str(tmp_path), Shard(0, 2)).prepare()
     assert [p.name for p in tmp_path.glob("*.tmp")] == ["part-0001of0002-x-00001.parquet.456.tmp"]
 
 
@@ -136,25 +137,54 @@ def _write_part(directory: Path, shard: Shard, rows: list[dict[str, object]]) ->
     asyncio.run(write())
 
 
-def test_drop_errors_as_one_task_replaces_every_part_whole(tmp_path: Path) -> None:
-    """A single task owns every row: error rows go from every part, also parts an N-task job wrote."""
+def _placed(output: OutputWriter, ids: list[str]) -> tuple[pl.DataFrame, list[str]]:
+    """(id, part index) of saved rows, as a run's comparison gives them to the writer."""
+    parts = output.saved.parts()
+    frame = output.saved.rows(["id"], parts).filter(pl.col("id").is_in(ids))
+    return frame, parts
+
+
+def test_drop_rewrites_each_part_whole_and_removes_an_emptied_one(tmp_path: Path) -> None:
+    """Dropped rows leave their parts, each part replaced whole; a part left with no row is removed."""
     _write_part(tmp_path, Shard(), [row("1"), row("2", "error")])
     _write_part(tmp_path, Shard(), [row("3", "error")])
-    _write_part(tmp_path, Shard(1, 4), [row("4", "error"), row("5")])
-    assert OutputWriter(str(tmp_path), Shard()).drop_errors() == (3, 0)
-    assert sorted(read(tmp_path)["id"]) == ["1", "5"]
+    output = OutputWriter(str(tmp_path), Shard())
+    output.drop(*_placed(output, ["2", "3"]))
+    assert sorted(read(tmp_path)["id"]) == ["1"]
+    assert len(list(tmp_path.glob("*.parquet"))) == 1
+
+
+def test_a_replacement_is_written_into_the_part_of_the_row_it_replaces(tmp_path: Path) -> None:
+    """A new row for a saved id swaps into that id's part in one write; new ids go to a new part."""
+    _write_part(tmp_path, Shard(), [row("a"), row("b", "error")])
+    output = OutputWriter(str(tmp_path), Shard())
+    output.replace_rows(*_placed(output, ["b"]))
+    _write_part_with(output, [row("b"), row("c")])
+    table = read(tmp_path)
+    assert sorted(table["id"]) == ["a", "b", "c"] and set(table["status"]) == {"ok"}
     assert len(list(tmp_path.glob("*.parquet"))) == 2
 
 
-def test_drop_errors_as_one_of_n_tasks_rewrites_only_its_own_parts(tmp_path: Path) -> None:
-    """Task 0 of 2 rewrites its own parts; its error rows in a part of another task count stay and are counted."""
-    mine = [f"m{i}" for i in range(40) if owner(f"m{i}", 2) == 0][:3]
-    theirs = [f"t{i}" for i in range(40) if owner(f"t{i}", 2) == 1][:2]
-    _write_part(tmp_path, Shard(0, 2), [row(mine[0], "error"), row(mine[1])])
-    _write_part(tmp_path, Shard(1, 2), [row(theirs[0], "error")])
-    _write_part(tmp_path, Shard(), [row(mine[2], "error"), row(theirs[1], "error")])
-    assert OutputWriter(str(tmp_path), Shard(0, 2)).drop_errors() == (1, 1)
-    assert sorted(read(tmp_path)["id"]) == sorted([mine[1], theirs[0], mine[2], theirs[1]])
+def test_one_of_n_tasks_rewrites_only_its_own_parts() -> None:
+    """Task 0 of 2 may rewrite parts named for it; a single task any part; no task another count's parts."""
+    mine, theirs = "part-0000of0002-x-00001.parquet", "part-0001of0002-x-00001.parquet"
+    single = "part-0000of0001-x-00001.parquet"
+    assert OutputWriter("out", Shard(0, 2)).may_rewrite(f"out/{mine}")
+    assert not OutputWriter("out", Shard(0, 2)).may_rewrite(f"out/{theirs}")
+    assert not OutputWriter("out", Shard(0, 2)).may_rewrite(f"out/{single}")
+    assert OutputWriter("out", Shard()).may_rewrite(f"out/{theirs}")
+
+
+def _write_part_with(output: OutputWriter, rows: list[dict[str, object]]) -> None:
+    """Commit `rows` through a writer on `output`."""
+
+    async def write() -> None:
+        writer = PartWriter(output, output_schema([]), flush_rows=1000, flush_seconds=60)
+        for r in rows:
+            writer.add(r)
+        await writer.close()
+
+    asyncio.run(write())
 
 
 def test_saved_ids_are_found_exactly() -> None:

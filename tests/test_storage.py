@@ -99,7 +99,7 @@ def test_crash_leftovers_are_invisible_to_scans_and_cleaned_by_their_own_shard(t
     for leftover in (mine, theirs):
         leftover.write_bytes(b"PAR1 half a file")
     assert pl.scan_parquet(f"{out}/**/*.parquet").collect().get_column("id").to_list() == ["a"]
-    OutputWriter(str(out), Shard(0, 2)).prepare("fp", {"path": "in"}, force=False)
+    OutputWriter(str(out), Shard(0, 2)).prepare()
     assert not mine.exists() and theirs.exists()
 
 
