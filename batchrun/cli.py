@@ -34,7 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     run = command("run", "Run the job to completion, resuming from what output.path already holds.")
     run.add_argument("--limit", type=int, default=None, help="send at most N pending rows")
     run.add_argument("--retry-errors", action="store_true", help="send error rows again and replace them")
-    run.add_argument("--force", action="store_true", help="write into an output written by another spec/input")
+    changed = run.add_mutually_exclusive_group()
+    changed.add_argument("--refresh", action="store_true",
+                         help="send rows whose request changed since they were answered again, replacing their answers")
+    changed.add_argument("--keep", action="store_true",
+                         help="keep the answers of rows whose request changed; send only pending rows")
     run.add_argument("--shard", default=None, metavar="I/N",
                      help="run task I of N (default: CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT)")
     run.add_argument("--log-interval", type=float, default=10.0, help="seconds between JSON progress lines")
@@ -67,7 +71,8 @@ def _run(args: argparse.Namespace, spec: JobSpec) -> int:
     options = RunOptions(
         limit=args.limit,
         retry_errors=args.retry_errors,
-        force=args.force,
+        refresh=args.refresh,
+        keep=args.keep,
         shard=parse_shard(args.shard),
         attempt=task_attempt(),
         interactive=sys.stderr.isatty(),

@@ -4,7 +4,7 @@
     ├── SpecError                 the job spec is invalid (exit 2); names the YAML path and the fix
     ├── InputError                the input cannot be read at all (exit 2); names the file and line/row
     ├── CredentialsError          the endpoint's API key or Google credentials are missing or unusable (exit 2)
-    ├── OutputError               the output directory is another job's (exit 2) or cannot be written (exit 3)
+    ├── OutputError               rows changed and no --refresh/--keep (exit 2), or unwritable (exit 3)
     ├── StorageError              Cloud Storage: no such bucket, access refused (exit 2), unreachable (exit 3)
     └── StoppedError              the run stopped early with every finished row saved (exit 3)
 
@@ -51,7 +51,7 @@ class CredentialsError(BatchrunError):
 
 
 class OutputError(BatchrunError):
-    """The output directory is refused (fingerprint) or cannot be written (full, read-only, not a directory).
+    """The output is refused (rows changed, no id in common with the input) or cannot be written (full, read-only).
 
     An unwritable output stops the run like a signal does (exit 3): the spec is fine, every row saved
     so far stays, and the same command resumes once the disk or the permissions are fixed.

@@ -99,22 +99,23 @@ class Renderer:
                 hint = f"did you mean '{close[0]}'?" if close else f"its columns are: {', '.join(columns)}"
                 raise SpecError(f"{key} names column '{name}', which {path} does not have; {hint}")
 
-    def render(self, record: Record) -> dict[str, Any]:
-        """The request body for one row."""
+    def render(self, record: Record, *, read_media: bool = True) -> dict[str, Any]:
+        """The request body for one row; without `read_media`, media parts name their column value (path or URI)
+        instead of holding the file's bytes, which is what a row's request_hash covers (no file is read)."""
         assert record.data is not None
         if self.input_format == "openai-batch":
             return self._batch_body(record.data)
         body: dict[str, Any] = {}
         if self.spec.model:
             body["model"] = self.spec.model
-        body["messages"] = self._messages(record.data)
+        body["messages"] = self._messages(record.data, read_media)
         body.update(self.params)
         extra = {**self.extra_body, **({"google": self.google} if self.google else {})}
         if extra:
             body["extra_body"] = extra
         return body
 
-    def _messages(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _messages(self, data: dict[str, Any], read_media: bool) -> list[dict[str, Any]]:
         """The messages list: system + user from templates, or the row's own messages column."""
         column = self.spec.request.messages_column
         if column:
@@ -127,7 +128,7 @@ class Renderer:
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                 raise RowInputError(f"column '{column}' must hold a list of {{role, content}} messages")
             result = list(messages)
-            parts = self._media_parts(data)
+            parts = self._media_parts(data, read_media)
             if parts:
                 result = _with_media(result, parts, column)
         else:
@@ -136,15 +137,20 @@ class Renderer:
                 result.append({"role": "system", "content": self.system.render(data)})
             assert self.prompt is not None
             text = self.prompt.render(data)
-            parts = self._media_parts(data)
+            parts = self._media_parts(data, read_media)
             content: Any = [{"type": "text", "text": text}, *parts] if parts else text
             result.append({"role": "user", "content": content})
         return result
 
-    def _media_parts(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        """The content parts of the row's media columns (an empty cell adds none)."""
+    def _media_parts(self, data: dict[str, Any], read_media: bool = True) -> list[dict[str, Any]]:
+        """The content parts of the row's media columns (an empty cell adds none); without `read_media`, each
+        part is its column value alone (see `_media_ref`)."""
         openai_style = self.spec.endpoint.kind == "openai"
-        parts = [_media_part(m, data.get(m.column), openai_style=openai_style) for m in self.spec.request.media]
+        parts = [
+            _media_part(m, data.get(m.column), openai_style=openai_style) if read_media
+            else _media_ref(m, data.get(m.column))
+            for m in self.spec.request.media
+        ]
         return [p for p in parts if p is not None]
 
     def _batch_body(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -178,6 +184,11 @@ def _with_media(messages: list[dict[str, Any]], parts: list[dict[str, Any]], col
         own = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
         return [*messages[:index], {**message, "content": [*own, *parts]}, *messages[index + 1:]]
     raise RowInputError(f"column '{column}' has no user message to attach request.media to")
+
+
+def _media_ref(media: MediaSpec, value: Any) -> dict[str, Any] | None:
+    """A media part as its column value alone: what the request's hash covers, with no file read."""
+    return None if value is None or value == "" else {"media": media.model_dump(), "value": value}
 
 
 def _media_part(media: MediaSpec, value: Any, *, openai_style: bool) -> dict[str, Any] | None:

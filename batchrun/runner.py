@@ -24,15 +24,17 @@ from batchrun.limits import CapReached, CostCap, Limits
 from batchrun.prices import PriceBook, may_serve, price_book, require_cap_prices, row_usage
 from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
+from batchrun.rerun import RequestHasher, compare, decide, job_record, keep_key
 from batchrun.results import ResultBuilder, input_error
 from batchrun.schema import ResultRow, output_schema
 from batchrun.shards import Shard
-from batchrun.sink import Output, PartWriter, SavedIds
+from batchrun.sink import OutputWriter, PartWriter
 from batchrun.sources import InputSummary, KeptColumns, Record, Source
 from batchrun.spec import JobSpec
 
 if TYPE_CHECKING:
     from batchrun.client import ChatClient
+    from batchrun.saved import SavedIds
 
 # What the producer hands the workers: a row with its request body, or with None when the worker renders it
 # (media files to read, in a thread); None alone tells a worker to stop.
@@ -45,7 +47,8 @@ class RunOptions:
 
     limit: int | None = None
     retry_errors: bool = False
-    force: bool = False
+    refresh: bool = False
+    keep: bool = False
     shard: Shard = field(default_factory=Shard)
     attempt: int = 0
     interactive: bool = False
@@ -118,7 +121,8 @@ class Runner:
         self._line_builders: dict[str, ResultBuilder] = {}
         self.kept = KeptColumns(self.spec.output.keep_columns, prepared.summary.types)
         self.schema = output_schema(self.kept.fields)
-        self.output = Output(self.spec.output.path, options.shard.tag)
+        self.output = OutputWriter(self.spec.output.path, options.shard)
+        self.hasher = RequestHasher(self.spec, prepared.renderer)
         self.reporter = Reporter(
             self.counters,
             self.spec.name,
@@ -141,22 +145,15 @@ class Runner:
     async def _run(self) -> int:
         """The run itself, with this shard of the output held."""
         output, options = self.output, self.options
-        output.prepare(self.spec.fingerprint(), self.prepared.summary.identity, force=options.force)
+        output.prepare()
         reporter = self.reporter
         writer = PartWriter(
             output, self.schema, flush_rows=self.spec.output.flush_rows, flush_seconds=self.spec.output.flush_seconds
         )
-        recovered = writer.recover()
+        recovered = writer.recover()  # before the comparison: a recovered row is a saved row
         if recovered:
             reporter.note("INFO", f"{recovered} answers the last run had journaled but not saved are saved now")
-        if options.retry_errors:
-            dropped, left = output.drop_errors(options.shard)
-            reporter.note("INFO", f"--retry-errors: {dropped} error rows will be sent again")
-            if left:
-                reporter.note("WARNING", f"--retry-errors: {left} error rows of this shard are in parts written by a "
-                              f"job with another task count and stay; run --retry-errors as one task (no --shard, "
-                              "no CLOUD_RUN_TASK_COUNT) to send them again")
-        done = output.saved(options.shard)
+        done = self._plan(output)
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
@@ -217,7 +214,36 @@ class Runner:
         columns = ["id", "traffic_type", "prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens",
                    "cached_tokens"]
         owns = self.options.shard.owns
-        return sum(book.cost(row_usage(row)) or 0.0 for row in self.output.scan(columns) if owns(row["id"]))
+        return sum(book.cost(row_usage(row)) or 0.0 for row in self.output.saved.scan(columns) if owns(row["id"]))
+
+    def _plan(self, output: OutputWriter) -> SavedIds:
+        """Compare the saved rows with the input row by row, refuse or record the job, drop the gone rows, and
+        mark the rows to send again; returns the saved ids this run skips."""
+        import polars as pl
+
+        options = self.options
+        comparison = compare(self.spec, output.saved, options.shard)
+        recorded = output.saved.meta()
+        record = job_record(self.spec, self.prepared.summary.identity)
+        kept_before = recorded is not None and recorded.get("kept") == keep_key(record)
+        plan = decide(comparison, self.spec, refresh=options.refresh, keep=options.keep,
+                      retry_errors=options.retry_errors, recorded=recorded, kept_before=kept_before,
+                      rewritable=output.may_rewrite)
+        if options.keep or kept_before:
+            record["kept"] = keep_key(record)
+        output.record_job(record)
+        output.drop(plan.gone, comparison.parts)
+        output.replace_rows(plan.replace, comparison.parts, comparison.rows)
+        for note in plan.notes:
+            self.reporter.note("INFO", note)
+        if options.retry_errors:
+            retried = plan.replace.join(comparison.rows.filter(pl.col("status") == "error"), on="id").height
+            self.reporter.note("INFO", f"--retry-errors: {retried} error rows will be sent again")
+        if plan.left:
+            self.reporter.note("WARNING", f"{plan.left} rows of this shard to send again are in parts written by a "
+                               "job with another task count and stay; run the same command as one task (no --shard, "
+                               "no CLOUD_RUN_TASK_COUNT) to send them again")
+        return plan.skip
 
     async def _exit_code(self, writer: PartWriter, limited: bool) -> int:
         """0 when every row has a final result (or --limit was reached), else raise the reason to stop."""
@@ -239,7 +265,7 @@ class Runner:
     def _verify_complete(self) -> None:
         """Read back which ids are saved: exit 0 only when every row of this shard is on disk."""
         shard = self.options.shard
-        missing = self.prepared.summary.owned - self.output.count_ids(None if shard.count == 1 else shard.owns)
+        missing = self.prepared.summary.owned - self.output.saved.count_ids(None if shard.count == 1 else shard.owns)
         if missing > 0:
             raise StoppedError(
                 f"{missing} rows of this run have no saved result in {self.output.path}; "
@@ -323,14 +349,14 @@ class Runner:
                     return True
                 sent += 1
                 if record.data is None:
-                    self._finish(writer, input_error(record.id, record.error or "unreadable row"))
+                    self._finish(writer, input_error(record.id, record.error or "unreadable row"), record=record)
                     continue
                 body = None
                 if render_here:
                     try:
                         body = self.prepared.renderer.render(record)
                     except RowInputError as exc:
-                        self._finish(writer, self._unrenderable(record, exc))
+                        self._finish(writer, self._unrenderable(record, exc), record=record)
                         continue
                 await queue.put((record, body))
                 await asyncio.sleep(0)  # one woken worker at a time: 2,000 starting at once would stall the loop
@@ -352,7 +378,7 @@ class Runner:
                 try:
                     body = await asyncio.to_thread(self.prepared.renderer.render, record)
                 except RowInputError as exc:
-                    self._finish(writer, self._unrenderable(record, exc))
+                    self._finish(writer, self._unrenderable(record, exc), record=record)
                     continue
             sent = await self._send(client, record, body)
             if sent is None:
@@ -373,14 +399,18 @@ class Runner:
         try:
             answer = await client.complete(body, builder.check)
         except RequestError as exc:
-            return builder.failed(record.id, exc, attempts=exc.attempts), exc
+            row = builder.failed(record.id, exc, attempts=exc.attempts)
+            row["request_hash"] = self.hasher.of_sent(record, body)
+            return row, exc
         except CapReached as exc:
             self._resume_hint = ""
             self.stop(exc.message)
             return None
         self.counters.tokens += int((answer.reply.response.get("usage") or {}).get("total_tokens") or 0)
-        return builder.ok(record.id, answer.reply, attempts=answer.attempts,
-                          latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms), None
+        row = builder.ok(record.id, answer.reply, attempts=answer.attempts,
+                         latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
+        row["request_hash"] = self.hasher.of_sent(record, body)
+        return row, None
 
     def _builder_for(self, body: dict[str, Any]) -> ResultBuilder:
         """The spec's result builder, or one for an OpenAI Batch line's own response_format (checked when rendered)."""
@@ -396,11 +426,13 @@ class Runner:
         return self._line_builders[key]
 
     def _finish(
-        self, writer: PartWriter, row: ResultRow, error: RequestError | None = None, *, record: Record | None = None
+        self, writer: PartWriter, row: ResultRow, error: RequestError | None = None, *, record: Record
     ) -> None:
-        """A finished row, with its kept columns, to the writer, unless the endpoint health watch holds it back."""
-        if record is not None:
-            self.kept.fill(row, record)
+        """A finished row, with its request_hash and kept columns, to the writer, unless the endpoint health watch
+        holds it back."""
+        if row.get("request_hash") is None:
+            row["request_hash"] = self.hasher.of_record(record)  # a row that makes no request: its reason
+        self.kept.fill(row, record)
         for ready in self.health.admit(row, error):
             self._save(writer, ready)
 

@@ -32,6 +32,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("cached_tokens", pa.int64()),
     pa.field("traffic_type", pa.string()),
     pa.field("attempts", pa.int32()),
+    pa.field("request_hash", pa.string()),
     pa.field("latency_ms", pa.float64()),
     pa.field("ttft_ms", pa.float64()),
     pa.field("error_type", pa.string()),
@@ -65,6 +66,7 @@ class ResultRow(TypedDict, total=False):
     cached_tokens: int | None
     traffic_type: str | None
     attempts: int
+    request_hash: str | None
     latency_ms: float | None
     ttft_ms: float | None
     error_type: str | None

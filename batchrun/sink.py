@@ -1,7 +1,8 @@
-"""Buffered Parquet parts, written whole by one writer: the committed parts are the checkpoint.
+"""The writer's side of an output directory: the shard's lock, its job record, rewrites, and the part writer.
 
 A part file is written to a temporary name and renamed into place (locally) or PUT as one object
 (gs://), so a reader sees it whole or not at all. Every id appears in at most one committed part.
+Reading the directory is saved.py's concern; this module only writes.
 """
 
 from __future__ import annotations
@@ -14,40 +15,34 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 from batchrun import storage
 from batchrun.errors import OutputError, StorageError
 from batchrun.journal import Journal, fold, segments
-from batchrun.schema import ResultRow, output_schema
+from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode, frame_of, same_job
+from batchrun.schema import ResultRow
 from batchrun.shards import Shard, shard_of_part
 
 if TYPE_CHECKING:
     import polars as pl  # 0.25 s and 26 MB to import: loaded only where a frame is built (resume, readers)
 
-META_DIR = "_batchrun"
-PART_SUFFIX = ".parquet"
-_READERS = 16
-_ID_BATCH = 128  # parts whose ids are read and sorted together on resume
 
+class OutputWriter:
+    """One shard's hold on the output directory: what only a run does to it."""
 
-class Output:
-    """The output directory: its fingerprint, its committed parts, and the ids they hold."""
-
-    def __init__(self, path: str, shard_tag: str) -> None:
-        self.path = path.rstrip("/")
-        self.shard_tag = shard_tag
-        self.replaced_attempts: dict[str, int] = {}  # id -> attempts of the error rows drop_errors removed
-
-    @property
-    def meta_path(self) -> str:
-        """Where the job fingerprint lives (not a .parquet file, so scans skip it)."""
-        return storage.join(self.path, META_DIR, "job.json")
+    def __init__(self, path: str, shard: Shard) -> None:
+        self.saved = SavedOutput(path)
+        self.path = self.saved.path
+        self.shard = shard
+        self.shard_tag = shard.tag
+        self.meta_path = self.saved.meta_path
+        self._replacing: _Placement | None = None
+        self.replaced_attempts: dict[str, int] = {}  # id -> attempts of the saved error rows being replaced
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -79,49 +74,32 @@ class Output:
         finally:
             os.close(descriptor)
 
-    def prepare(self, fingerprint: str, identity: dict[str, Any], *, force: bool) -> None:
-        """Create the directory, refuse one written by another spec or input, and clean crash leftovers."""
+    def prepare(self) -> None:
+        """Create the directory, check it takes files, and clean this shard's crash leftovers."""
         storage.makedirs(self.path)
         storage.check_writable(self.path)
-        if storage.exists(self.meta_path):
-            meta = json.loads(storage.read_bytes(self.meta_path))
-            if (meta.get("fingerprint"), meta.get("input")) != (fingerprint, identity) and not force:
-                raise OutputError(
-                    f"{self.path} holds results of a different job spec or input "
-                    f"(fingerprint {meta.get('fingerprint')}, input {meta.get('input', {}).get('path')}). "
-                    "Use another output.path, or pass --force to add to it anyway"
-                )
-            if meta.get("fingerprint") == fingerprint and meta.get("input") == identity:
-                self._clean_temp()
-                return
-        record = {
-            "fingerprint": fingerprint,
-            "input": identity,
-            "written_at": datetime.datetime.now(datetime.UTC).isoformat(),
-        }
+        self._clean_temp()
+
+    def record_job(self, record: dict[str, Any]) -> None:
+        """Write job.json for this run's spec and input, unless it says so already (or a peer task just wrote it)."""
+        if same_job(self.saved.meta(), record):
+            return
+        stamped = {**record, "written_at": datetime.datetime.now(datetime.UTC).isoformat()}
         try:
-            storage.write_once(self.meta_path, json.dumps(record, indent=2).encode())
+            storage.write_once(self.meta_path, json.dumps(stamped, indent=2).encode())
         except OSError as exc:
-            if not self._written_by_peer(fingerprint, identity):
+            # Another task of the same job may have written it first (tasks start together).
+            if not same_job(self.saved.meta(), record):
                 raise OutputError(
                     f"{self.path}: cannot write to the output directory ({exc.strerror or exc}); "
                     "free space or fix permissions and run again", unwritable=True
                 ) from None
-        self._clean_temp()
-
-    def _written_by_peer(self, fingerprint: str, identity: dict[str, Any]) -> bool:
-        """Whether another task of the same job wrote the fingerprint first (tasks start together)."""
-        try:
-            meta = json.loads(storage.read_bytes(self.meta_path))
-        except (OSError, ValueError):
-            return False
-        return bool((meta.get("fingerprint"), meta.get("input")) == (fingerprint, identity))
 
     def _clean_temp(self) -> int:
         """Remove temporary files a killed run left: this shard's parts, and job.json's.
 
         A peer task writing job.json at this moment loses its temporary file, finds the file written
-        (`_written_by_peer`) and carries on; other shards' part files are theirs to clean.
+        by this task and carries on; other shards' part files are theirs to clean.
         """
         if storage.is_remote(self.path):
             return 0
@@ -132,173 +110,94 @@ class Output:
                 removed += 1
         return removed
 
-    def parts(self) -> list[str]:
-        """Every committed part file, all shards."""
-        return [p for p in storage.list_files(self.path, PART_SUFFIX) if f"/{META_DIR}/" not in p]
+    def may_rewrite(self, part: str) -> bool:
+        """Whether this run may rewrite a part: a single task owns every row; one of N tasks only the parts
+        named for it, since a part written under another task count holds rows of the tasks beside it and two
+        tasks rewriting one part would undo each other's work."""
+        return self.shard.count == 1 or shard_of_part(os.path.basename(part)) == self.shard
 
-    def table(self, columns: list[str] | None = None, parts: list[str] | None = None) -> pl.DataFrame:
-        """The chosen columns (default: all) of every committed part, or of the given ones."""
+    def replace_rows(self, placed: pl.DataFrame, parts: list[str], saved: pl.DataFrame | None = None) -> None:
+        """Rows (id, part index) whose new row, when committed, replaces the old one in its part; `saved` (id,
+        status, attempts) gives the attempts of the error rows among them, which their new rows carry on."""
         import polars as pl
 
-        parts = self.parts() if parts is None else parts
-        with ThreadPoolExecutor(max_workers=_READERS) as pool:  # thousands of parts on gs:// are read at once
-            frames = list(pool.map(lambda part: _frame(storage.read_parquet(part, columns)), parts))
-        if not frames:
-            return pl.DataFrame(schema=_empty_schema(columns))
-        return pl.concat(frames, how="diagonal_relaxed")
-
-    def scan(self, columns: list[str], batch_rows: int = 256) -> Iterator[dict[str, Any]]:
-        """Every committed row's chosen columns, one row group batch in memory at a time (media can be large)."""
-        for part in self.parts():
-            with storage.open_parquet(part) as parquet:
-                for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-                    yield from batch.to_pylist()
-
-    def done_ids(self) -> pl.Series:
-        """The ids that already have a saved row, sorted, for skipping on resume.
-
-        Parts are read and sorted a batch at a time, then merged: reading a million ids this way
-        peaks about 45 MB lower than reading every part into one frame and sorting that.
-        """
-        import polars as pl
-
-        parts = self.parts()
-        runs = [pl.Series("id", [], dtype=pl.String)]
-        with ThreadPoolExecutor(max_workers=_READERS) as pool:
-            for start in range(0, len(parts), _ID_BATCH):
-                columns = pool.map(_ids, parts[start: start + _ID_BATCH])
-                runs.append(pl.concat(columns).sort())
-        return pl.concat(runs).sort()
-
-    def saved(self, shard: Shard) -> SavedIds:
-        """The ids of `shard` that already have a saved row; a first run (no parts) never loads polars."""
-        return SavedIds(shard.owned(self.done_ids()) if self.parts() else None)
-
-    def holding(self, ids: set[str]) -> set[str]:
-        """Which of `ids` a committed part already holds."""
-        with ThreadPoolExecutor(max_workers=_READERS) as pool:
-            found = pool.map(lambda part: ids.intersection(storage.read_parquet(part, ["id"]).column("id").to_pylist()),
-                             self.parts())
-            return set().union(*found)
-
-    def count_ids(self, owns: Callable[[str], bool] | None = None) -> int:
-        """How many saved ids `owns` keeps (default: all), counted part by part so the ids are never all in memory."""
-
-        def count(part: str) -> int:
-            if owns is None:
-                with storage.open_read(part) as handle:
-                    return int(pq.read_metadata(handle).num_rows)
-            return sum(map(owns, storage.read_parquet(part, ["id"]).column("id").to_pylist()))
-
-        with ThreadPoolExecutor(max_workers=_READERS) as pool:
-            return sum(pool.map(count, self.parts()))
-
-    def drop_errors(self, shard: Shard) -> tuple[int, int]:
-        """Remove the `error` rows this run owns so --retry-errors sends them again; each part is replaced whole.
-
-        Returns (dropped, left). A single task owns every row and rewrites any part. One of N tasks
-        rewrites only the parts named for it: a part written under another task count holds rows of
-        the tasks running beside it, and two tasks rewriting one part would undo each other's work.
-        The error rows it owns in such parts are counted as left.
-        """
-        import polars as pl
-
-        dropped = left = 0
-        for part in self.parts():
-            named = shard_of_part(os.path.basename(part))
-            if shard.count > 1 and named != shard:
-                if named is None or named.count != shard.count:
-                    frame = _frame(storage.read_parquet(part, ["id", "status"])).filter(pl.col("status") == "error")
-                    left += len(shard.owned(frame.get_column("id")))
-                continue
-            table = storage.read_parquet(part)
-            frame = _frame(table)
-            mask = (frame.get_column("status") == "error") & frame.get_column("id").map_elements(
-                shard.owns, return_dtype=pl.Boolean
+        self._replacing = _Placement(placed, parts)
+        if saved is not None and placed.height:
+            errors = placed.select("id").join(
+                saved.filter(pl.col("status") == "error").select("id", "attempts"), on="id"
             )
-            count = int(mask.sum())
-            if count == 0:
-                continue
-            replaced = frame.filter(mask)
             self.replaced_attempts.update(
-                zip(replaced.get_column("id").to_list(), replaced.get_column("attempts").fill_null(0).to_list(),
+                zip(errors.get_column("id").to_list(), errors.get_column("attempts").fill_null(0).to_list(),
                     strict=True)
             )
-            kept = table.filter(pa.array((~mask).to_list()))
-            if kept.num_rows == 0:
-                storage.remove(part)
-            else:
-                storage.write_once(part, _encode(kept))
-            dropped += count
-        return dropped, left
+
+    def drop(self, placed: pl.DataFrame, parts: list[str]) -> None:
+        """Remove rows (id, part index) from their parts, each part rewritten whole."""
+        import polars as pl
+
+        for index in sorted(placed.get_column("part").unique().to_list()):
+            self._rewrite(parts[index], placed.filter(pl.col("part") == index).get_column("id"), None)
+
+    def commit(self, path: str, table: pa.Table) -> None:
+        """Save finished rows: new ids as the part `path`; each replacement inside the part its old row is in.
+
+        One write a file, each whole (storage.write_once), and every id in exactly one of them, so each id's
+        swap from old row to new is one atomic step: a reader, or a kill at any instant, sees one or the other.
+        """
+        places = self._replacing.locate(table.column("id").to_pylist()) if self._replacing else None
+        if places is None or all(place is None for place in places):
+            storage.write_once(path, encode(table))
+            return
+        located = pa.array([place is not None for place in places])
+        fresh = table.filter(pc.invert(located))
+        if fresh.num_rows:
+            storage.write_once(path, encode(fresh))
+        import polars as pl
+
+        moved = table.filter(located)
+        where = pa.array([place for place in places if place is not None])
+        for part in sorted(set(where.to_pylist())):
+            rows = moved.filter(pc.equal(where, part))
+            self._rewrite(part, pl.Series(rows.column("id").to_pylist(), dtype=pl.String), rows)
+
+    def _rewrite(self, part: str, ids: pl.Series, rows: pa.Table | None) -> None:
+        """Replace a part whole by itself without `ids`, plus `rows` (removed when nothing is left)."""
+        table = storage.read_parquet(part)  # through storage.open_parquet: Arrow never holds a Python file object
+        kept = table.filter(pa.array((~frame_of(table.select(["id"])).get_column("id").is_in(ids.implode())).to_list()))
+        if rows is not None:
+            kept = pa.concat_tables([kept, rows], promote_options="permissive")
+        if kept.num_rows == 0:
+            storage.remove(part)
+        else:
+            storage.write_once(part, encode(kept))
 
 
-def _ids(part: str) -> pl.Series:
-    """One part's id column."""
-    import polars as pl
+class _Placement:
+    """Which saved part holds each row being replaced, found by binary search over the sorted ids."""
 
-    return pl.Series("id", storage.read_parquet(part, ["id"]).column("id"), dtype=pl.String)
+    def __init__(self, placed: pl.DataFrame, parts: list[str]) -> None:
+        import polars as pl
 
+        ordered = placed.sort("id")
+        self._ids = ordered.get_column("id").cast(pl.String)
+        self._parts = [parts[i] for i in ordered.get_column("part").to_list()]
 
-def _frame(table: pa.Table) -> pl.DataFrame:
-    """An Arrow table as a polars frame."""
-    import polars as pl
-
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame
-
-
-def _empty_schema(columns: list[str] | None) -> dict[str, pl.DataType]:
-    """The polars schema of an output with no parts yet, so readers need no special case."""
-    import polars as pl
-
-    frame = _frame(output_schema([]).empty_table())
-    return {name: dtype for name, dtype in frame.schema.items() if columns is None or name in columns} | {
-        name: pl.String() for name in columns or [] if name not in frame.schema
-    }
-
-
-class SavedIds:
-    """Ids that already have a saved row, sorted once so each input batch is checked by binary search.
-
-    Exact, a few bytes per id where a Python set of str costs about a hundred, and about 1 ms per
-    2,048-row batch at a million saved ids (polars' `is_in` rebuilds its hash table every call:
-    0.8 s per batch at that size).
-    """
-
-    def __init__(self, ids: pl.Series | None) -> None:
-        self._ids: pl.Series | None = None
-        if ids is not None and len(ids):
-            import polars as pl
-
-            self._ids = ids.cast(pl.String).sort()
-
-    def __len__(self) -> int:
-        return 0 if self._ids is None else len(self._ids)
-
-    def contains(self, ids: list[str]) -> list[bool]:
-        """For each id, whether it is saved."""
-        if self._ids is None:
-            return [False] * len(ids)
+    def locate(self, ids: list[str]) -> list[str | None]:
+        """For each id, the part that holds its old row, or None for an id saved nowhere."""
+        if not len(self._ids):
+            return [None] * len(ids)
         import polars as pl
 
         probe = pl.Series(ids, dtype=pl.String)
         at = self._ids.search_sorted(probe).clip(0, len(self._ids) - 1)
-        return (self._ids.gather(at) == probe).to_list()
-
-
-def _encode(table: pa.Table) -> bytes:
-    """A whole Parquet file in memory, ready to be written in one go."""
-    buffer = pa.BufferOutputStream()  # Arrow's own buffer: no Python file object is handed to Arrow
-    pq.write_table(table, buffer, compression="zstd")
-    return bytes(buffer.getvalue())
+        hits = (self._ids.gather(at) == probe).to_list()
+        return [self._parts[i] if hit else None for i, hit in zip(at.to_list(), hits, strict=True)]
 
 
 class PartWriter:
     """The one writer: workers hand it rows, it commits a part every `flush_rows` rows or `flush_seconds`."""
 
-    def __init__(self, output: Output, schema: pa.Schema, *, flush_rows: int, flush_seconds: float) -> None:
+    def __init__(self, output: OutputWriter, schema: pa.Schema, *, flush_rows: int, flush_seconds: float) -> None:
         self._output = output
         self._schema = schema
         self._flush_rows = flush_rows
@@ -320,11 +219,17 @@ class PartWriter:
         return os.path.join(self._output.path, META_DIR)
 
     def recover(self) -> int:
-        """Fold the journal a killed run left into one part (ids already in parts skipped); returns the rows saved."""
+        """Fold the journal a killed run left into one part; returns the rows saved.
+
+        Run before the rerun comparison, with no replacements marked, so the fold writes new ids only. An id a part
+        already holds is skipped: a row committed before the kill (its segments not yet removed), or a replacement
+        (--refresh, --retry-errors) whose old row is still saved; the comparison then sends that one again, so an
+        id is never in two parts.
+        """
         if self._journal is None:
             return 0
         left = segments(self._meta_dir, self._output.shard_tag)
-        folded = fold(left, self._output.holding, lambda rows: self._write(self._part_path(0), rows))
+        folded = fold(left, self._output.saved.holding, lambda rows: self._write(self._part_path(0), rows))
         self.rows_written += folded
         return folded
 
@@ -368,6 +273,8 @@ class PartWriter:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             await self.flush()
+        if self._journal is not None:
+            await self._journal.close(committed=self._failure is None and not self._buffer)
             if self._failure is not None:
                 return
             if time.monotonic() >= deadline or not self._buffer:
@@ -404,8 +311,7 @@ class PartWriter:
 
     def _write(self, path: str, rows: list[ResultRow]) -> None:
         """Encode and write one part (runs in a thread)."""
-        table = pa.Table.from_pylist(rows, schema=self._schema)
-        storage.write_once(path, _encode(table))
+        self._output.commit(path, pa.Table.from_pylist(rows, schema=self._schema))
 
     async def close(self) -> None:
         """Let the periodic flush finish its current part, then commit whatever is left."""

@@ -18,6 +18,8 @@ from batchrun.errors import InputError
 from batchrun.spec import InputSpec
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from batchrun.schema import ResultRow
 
 BATCH_ROWS = 2048
@@ -223,6 +225,15 @@ class Source:
             identity=self.identity(),
             format=self.format,
         )
+
+    def ids(self) -> pl.Series:
+        """Every id of the input, in file order, as a run assigns them (unreadable lines included)."""
+        import polars as pl
+
+        ids: list[str] = []
+        for batch in self.batches(columns=self._id_columns()):
+            ids.extend(record.id for record in batch)
+        return pl.Series("id", ids, dtype=pl.String)
 
     def _id_columns(self) -> list[str] | None:
         """The columns a counting pass needs: the id's alone (Parquet types come from its schema)."""

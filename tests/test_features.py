@@ -23,7 +23,7 @@ from batchrun.spec import EndpointSpec
 from tests import seeds
 from tests.conftest import REPO, Job, Sim, base_env, read_output, run_cli, write_rows
 
-VOLATILE = ["response_id", "latency_ms", "ttft_ms", "finished_at"]
+VOLATILE = ["response_id", "latency_ms", "ttft_ms", "finished_at", "request_hash"]  # the hash covers `stream`
 
 
 def vertex(sim: Sim, **fields: Any) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def rows_by_id(table: pl.DataFrame) -> dict[str, dict[str, Any]]:
 
 
 def comparable(table: pl.DataFrame) -> list[dict[str, Any]]:
-    """Rows without per-request values (ids, timings); tool call ids are random per request."""
+    """Rows without per-request values (ids, timings, request hashes); tool call ids are random per request."""
     rows = table.drop(VOLATILE).sort("id").to_dicts()
     for row in rows:
         if row["tool_calls"]:

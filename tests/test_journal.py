@@ -11,8 +11,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from batchrun.journal import Journal, read_rows, segments
+from batchrun.saved import META_DIR
 from batchrun.schema import output_schema
-from batchrun.sink import META_DIR, Output, PartWriter
+from batchrun.shards import Shard
+from batchrun.sink import OutputWriter, PartWriter
 
 TAG = "0000of0001"
 SCHEMA = output_schema([])
@@ -74,25 +76,25 @@ def test_resume_folds_the_journal_once_skipping_ids_already_in_parts(tmp_path: P
     """A kill after a part committed but before its segment was removed: the fold saves only the new ids."""
 
     async def write_part(rids: list[str]) -> None:
-        writer = PartWriter(Output(str(tmp_path), TAG), SCHEMA, flush_rows=1000, flush_seconds=60)
+        writer = PartWriter(OutputWriter(str(tmp_path), Shard()), SCHEMA, flush_rows=1000, flush_seconds=60)
         for rid in rids:
             writer.add(row(rid))
         await writer.close()
 
     asyncio.run(write_part(["a", "b"]))
     journal_rows(tmp_path / META_DIR, ["a", "b", "c", "d"])
-    writer = PartWriter(Output(str(tmp_path), TAG), SCHEMA, flush_rows=1000, flush_seconds=60)
+    writer = PartWriter(OutputWriter(str(tmp_path), Shard()), SCHEMA, flush_rows=1000, flush_seconds=60)
     assert writer.recover() == 2
     assert part_ids(tmp_path) == ["a", "b", "c", "d"]
     assert segments(str(tmp_path / META_DIR), TAG) == []
-    assert PartWriter(Output(str(tmp_path), TAG), SCHEMA, flush_rows=1000, flush_seconds=60).recover() == 0
+    assert PartWriter(OutputWriter(str(tmp_path), Shard()), SCHEMA, flush_rows=1000, flush_seconds=60).recover() == 0
 
 
 def test_a_committed_part_releases_its_segments(tmp_path: Path) -> None:
     """While the run goes on, each committed part removes the journal segments its rows came from."""
 
     async def main() -> None:
-        writer = PartWriter(Output(str(tmp_path), TAG), SCHEMA, flush_rows=1000, flush_seconds=60)
+        writer = PartWriter(OutputWriter(str(tmp_path), Shard()), SCHEMA, flush_rows=1000, flush_seconds=60)
         writer.start()
         for rid in "abc":
             writer.add(row(rid))

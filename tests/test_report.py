@@ -137,15 +137,16 @@ def test_prices_are_validated_with_the_key_named() -> None:
 
 
 def test_status_per_shard_from_part_names_or_as_asked(spec: JobSpec) -> None:
-    """Done / error / pending per task, the task count read from the part names unless --shards says otherwise."""
+    """Done / error / changed / pending / gone per task, the task count read from the part names unless --shards
+    says otherwise; rows written without request_hash count as done."""
     status = job_status(spec)
     assert (status["rows"], status["done"], status["ok"], status["error"], status["pending"]) == (9, 7, 4, 3, 2)
-    assert (status["duplicates"], status["not_in_input"], status["parts"]) == (0, 0, 2)
+    assert (status["duplicates"], status["changed"], status["gone"], status["parts"]) == (0, 0, 0, 2)
     assert [s["shard"] for s in status["shards"]] == ["0/2", "1/2"]
     assert sum(s["rows"] for s in status["shards"]) == 9 and sum(s["parts"] for s in status["shards"]) == 2
     assert len(job_status(spec, shards=5)["shards"]) == 5
     text = format_status(status)
-    assert "7 done (4 ok, 3 error), 2 pending of 9 rows" in text and "0/2" in text
+    assert "7 done (4 ok, 3 error), 0 changed, 2 pending of 9 rows, 0 gone" in text and "0/2" in text
 
 
 def test_export_is_one_file_with_one_row_per_id_joined_to_the_input(spec: JobSpec, tmp_path: Path) -> None:

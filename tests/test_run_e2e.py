@@ -211,7 +211,7 @@ def test_retry_errors_after_a_sharded_job(sim: Sim, make_job: object) -> None:
     sim.configure(rate_500=0.0)
     other_count = job.run("run", "--shard", "0/3", "--retry-errors")
     assert other_count.returncode == 0
-    assert "run --retry-errors as one task" in other_count.stderr
+    assert "run the same command as one task" in other_count.stderr
     assert set(job.table()["status"]) == {"error"}
     assert job.run("run", "--retry-errors").returncode == 0
     assert_one_ok_row_per_id(job.table(), 12)
@@ -228,17 +228,6 @@ def test_final_errors_are_not_retried(sim: Sim, make_job: object) -> None:
     assert (big["status"], big["http_status"], big["attempts"], big["error_type"]) == ("error", 400, 1, "http")
     assert "INVALID_ARGUMENT" in big["error_message"]
     assert table.filter(pl.col("status") == "ok").height == 5
-
-
-def test_other_spec_output_is_refused_unless_forced(sim: Sim, make_job: object) -> None:
-    """An output directory written by another spec is refused with a clear message; --force overrides."""
-    job: Job = make_job(n=5)  # type: ignore[operator]
-    assert job.run("run").returncode == 0
-    job.spec.write_text(job.spec.read_text().replace("Classify: {text}", "Summarise: {text}"))
-    refused = job.run("run")
-    assert refused.returncode == 2
-    assert "different job spec or input" in refused.stderr and "--force" in refused.stderr
-    assert job.run("run", "--force").returncode == 0
 
 
 def test_short_lived_tokens_are_refreshed_without_stopping(sim: Sim, make_job: object) -> None:

@@ -11,9 +11,10 @@ import polars as pl
 import pytest
 
 from batchrun.errors import OutputError
+from batchrun.saved import SavedIds, SavedOutput
 from batchrun.schema import output_schema
-from batchrun.shards import Shard, owner
-from batchrun.sink import Output, PartWriter, SavedIds
+from batchrun.shards import Shard
+from batchrun.sink import OutputWriter, PartWriter
 
 
 def row(rid: str, status: str = "ok") -> dict[str, object]:
@@ -28,7 +29,7 @@ def test_flush_by_rows_and_on_close(tmp_path: Path) -> None:
     """A full buffer becomes a part at once; close() commits the rest."""
 
     async def main() -> None:
-        writer = PartWriter(Output(str(tmp_path), "0000of0001"), output_schema([]), flush_rows=3, flush_seconds=60)
+        writer = PartWriter(OutputWriter(str(tmp_path), Shard()), output_schema([]), flush_rows=3, flush_seconds=60)
         writer.start()
         for i in range(3):
             writer.add(row(f"r{i}"))
@@ -50,7 +51,8 @@ def test_flush_by_time(tmp_path: Path) -> None:
     """A part is committed after flush_seconds even when the buffer is not full."""
 
     async def main() -> None:
-        writer = PartWriter(Output(str(tmp_path), "t"), output_schema([]), flush_rows=1000, flush_seconds=0.05)
+        output = OutputWriter(str(tmp_path), Shard())
+        writer = PartWriter(output, output_schema([]), flush_rows=1000, flush_seconds=0.05)
         writer.start()
         writer.add(row("a"))
         for _ in range(200):
@@ -67,7 +69,7 @@ def test_cancelled_flush_still_commits_its_rows(tmp_path: Path) -> None:
     """Cancelling a task that is waiting on a flush never drops the rows handed to the writer thread."""
 
     async def main() -> None:
-        writer = PartWriter(Output(str(tmp_path), "t"), output_schema([]), flush_rows=1000, flush_seconds=60)
+        writer = PartWriter(OutputWriter(str(tmp_path), Shard()), output_schema([]), flush_rows=1000, flush_seconds=60)
         for i in range(50):
             writer.add(row(f"r{i}"))
         flushing = asyncio.ensure_future(writer.flush())
@@ -86,7 +88,7 @@ def test_failed_write_is_reported_and_keeps_earlier_parts(tmp_path: Path) -> Non
     out = tmp_path / "out"
 
     async def main() -> PartWriter:
-        writer = PartWriter(Output(str(out), "t"), output_schema([]), flush_rows=1000, flush_seconds=60)
+        writer = PartWriter(OutputWriter(str(out), Shard()), output_schema([]), flush_rows=1000, flush_seconds=60)
         writer.add(row("a"))
         await writer.flush()
         saved = next(out.glob("*.parquet"))
@@ -98,36 +100,37 @@ def test_failed_write_is_reported_and_keeps_earlier_parts(tmp_path: Path) -> Non
         return writer
 
     writer = asyncio.run(main())
-    assert writer.failure is not None and "writing part-t-" in writer.failure.message
+    assert writer.failure is not None and "writing part-0000of0001-" in writer.failure.message
     assert "1 rows saved before stay" in writer.failure.message
     assert writer.failure.exit_code == 3
     with pytest.raises(OutputError):
         writer.add(row("c"))
 
 
-def test_fingerprint_mismatch_is_refused(tmp_path: Path) -> None:
-    """Another spec's output is refused unless forced; the same spec resumes."""
-    output = Output(str(tmp_path), "t")
-    output.prepare("fp1", {"path": "in.jsonl", "size": 1}, force=False)
-    output.prepare("fp1", {"path": "in.jsonl", "size": 1}, force=False)
-    with pytest.raises(OutputError, match="different job spec or input"):
-        output.prepare("fp2", {"path": "in.jsonl", "size": 1}, force=False)
-    output.prepare("fp2", {"path": "in.jsonl", "size": 1}, force=True)
+def test_the_job_record_is_written_once_per_spec_and_compared_in_one_place(tmp_path: Path) -> None:
+    """job.json is rewritten only when the spec or input differs from what it records."""
+    output = OutputWriter(str(tmp_path), Shard())
+    output.record_job({"fingerprint": "fp1", "input": {"path": "in.jsonl"}})
+    written = (tmp_path / "_batchrun" / "job.json").read_text()
+    output.record_job({"fingerprint": "fp1", "input": {"path": "in.jsonl"}})
+    assert (tmp_path / "_batchrun" / "job.json").read_text() == written
+    output.record_job({"fingerprint": "fp2", "input": {"path": "in.jsonl"}})
+    assert output.saved.meta() is not None and output.saved.meta()["fingerprint"] == "fp2"  # type: ignore[index]
 
 
 def test_temp_files_of_this_shard_are_cleaned(tmp_path: Path) -> None:
     """Leftover temporary parts of this shard are removed at start; other shards' are left to them."""
     (tmp_path / "part-0000of0002-x-00001.parquet.123.tmp").write_bytes(b"half")
     (tmp_path / "part-0001of0002-x-00001.parquet.456.tmp").write_bytes(b"half")
-    Output(str(tmp_path), "0000of0002").prepare("fp", {}, force=False)
+    OutputWriter(str(tmp_path), Shard(0, 2)).prepare()
     assert [p.name for p in tmp_path.glob("*.tmp")] == ["part-0001of0002-x-00001.parquet.456.tmp"]
 
 
-def _write_part(directory: Path, tag: str, rows: list[dict[str, object]]) -> None:
-    """Commit `rows` as one part named for `tag`."""
+def _write_part(directory: Path, shard: Shard, rows: list[dict[str, object]]) -> None:
+    """Commit `rows` as one part named for `shard`."""
 
     async def write() -> None:
-        writer = PartWriter(Output(str(directory), tag), output_schema([]), flush_rows=1000, flush_seconds=60)
+        writer = PartWriter(OutputWriter(str(directory), shard), output_schema([]), flush_rows=1000, flush_seconds=60)
         for r in rows:
             writer.add(r)
         await writer.close()
@@ -135,25 +138,54 @@ def _write_part(directory: Path, tag: str, rows: list[dict[str, object]]) -> Non
     asyncio.run(write())
 
 
-def test_drop_errors_as_one_task_replaces_every_part_whole(tmp_path: Path) -> None:
-    """A single task owns every row: error rows go from every part, also parts an N-task job wrote."""
-    _write_part(tmp_path, "0000of0001", [row("1"), row("2", "error")])
-    _write_part(tmp_path, "0000of0001", [row("3", "error")])
-    _write_part(tmp_path, "0001of0004", [row("4", "error"), row("5")])
-    assert Output(str(tmp_path), "0000of0001").drop_errors(Shard()) == (3, 0)
-    assert sorted(read(tmp_path)["id"]) == ["1", "5"]
+def _placed(output: OutputWriter, ids: list[str]) -> tuple[pl.DataFrame, list[str]]:
+    """(id, part index) of saved rows, as a run's comparison gives them to the writer."""
+    parts = output.saved.parts()
+    frame = output.saved.rows(["id"], parts).filter(pl.col("id").is_in(ids))
+    return frame, parts
+
+
+def test_drop_rewrites_each_part_whole_and_removes_an_emptied_one(tmp_path: Path) -> None:
+    """Dropped rows leave their parts, each part replaced whole; a part left with no row is removed."""
+    _write_part(tmp_path, Shard(), [row("1"), row("2", "error")])
+    _write_part(tmp_path, Shard(), [row("3", "error")])
+    output = OutputWriter(str(tmp_path), Shard())
+    output.drop(*_placed(output, ["2", "3"]))
+    assert sorted(read(tmp_path)["id"]) == ["1"]
+    assert len(list(tmp_path.glob("*.parquet"))) == 1
+
+
+def test_a_replacement_is_written_into_the_part_of_the_row_it_replaces(tmp_path: Path) -> None:
+    """A new row for a saved id swaps into that id's part in one write; new ids go to a new part."""
+    _write_part(tmp_path, Shard(), [row("a"), row("b", "error")])
+    output = OutputWriter(str(tmp_path), Shard())
+    output.replace_rows(*_placed(output, ["b"]))
+    _write_part_with(output, [row("b"), row("c")])
+    table = read(tmp_path)
+    assert sorted(table["id"]) == ["a", "b", "c"] and set(table["status"]) == {"ok"}
     assert len(list(tmp_path.glob("*.parquet"))) == 2
 
 
-def test_drop_errors_as_one_of_n_tasks_rewrites_only_its_own_parts(tmp_path: Path) -> None:
-    """Task 0 of 2 rewrites its own parts; its error rows in a part of another task count stay and are counted."""
-    mine = [f"m{i}" for i in range(40) if owner(f"m{i}", 2) == 0][:3]
-    theirs = [f"t{i}" for i in range(40) if owner(f"t{i}", 2) == 1][:2]
-    _write_part(tmp_path, "0000of0002", [row(mine[0], "error"), row(mine[1])])
-    _write_part(tmp_path, "0001of0002", [row(theirs[0], "error")])
-    _write_part(tmp_path, "0000of0001", [row(mine[2], "error"), row(theirs[1], "error")])
-    assert Output(str(tmp_path), "0000of0002").drop_errors(Shard(0, 2)) == (1, 1)
-    assert sorted(read(tmp_path)["id"]) == sorted([mine[1], theirs[0], mine[2], theirs[1]])
+def test_one_of_n_tasks_rewrites_only_its_own_parts() -> None:
+    """Task 0 of 2 may rewrite parts named for it; a single task any part; no task another count's parts."""
+    mine, theirs = "part-0000of0002-x-00001.parquet", "part-0001of0002-x-00001.parquet"
+    single = "part-0000of0001-x-00001.parquet"
+    assert OutputWriter("out", Shard(0, 2)).may_rewrite(f"out/{mine}")
+    assert not OutputWriter("out", Shard(0, 2)).may_rewrite(f"out/{theirs}")
+    assert not OutputWriter("out", Shard(0, 2)).may_rewrite(f"out/{single}")
+    assert OutputWriter("out", Shard()).may_rewrite(f"out/{theirs}")
+
+
+def _write_part_with(output: OutputWriter, rows: list[dict[str, object]]) -> None:
+    """Commit `rows` through a writer on `output`."""
+
+    async def write() -> None:
+        writer = PartWriter(output, output_schema([]), flush_rows=1000, flush_seconds=60)
+        for r in rows:
+            writer.add(r)
+        await writer.close()
+
+    asyncio.run(write())
 
 
 def test_saved_ids_are_found_exactly() -> None:
@@ -166,12 +198,12 @@ def test_saved_ids_are_found_exactly() -> None:
 
 def test_done_ids_come_sorted_and_counted_part_by_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ids from many parts, read a few parts at a time, come back complete and sorted; count_ids filters per part."""
-    import batchrun.sink
+    import batchrun.saved
 
-    monkeypatch.setattr(batchrun.sink, "_ID_BATCH", 2)  # five parts make three batches to merge
+    monkeypatch.setattr(batchrun.saved, "_ID_BATCH", 2)  # five parts make three batches to merge
 
     async def write(ids: list[str]) -> None:
-        writer = PartWriter(Output(str(tmp_path), "0000of0001"), output_schema([]), flush_rows=1000, flush_seconds=60)
+        writer = PartWriter(OutputWriter(str(tmp_path), Shard()), output_schema([]), flush_rows=1000, flush_seconds=60)
         for rid in ids:
             writer.add(row(rid))
         await writer.close()
@@ -179,8 +211,8 @@ def test_done_ids_come_sorted_and_counted_part_by_part(tmp_path: Path, monkeypat
     ids = [f"r{i}" for i in range(50)]
     for part in range(5):
         asyncio.run(write(ids[part::5]))
-    output = Output(str(tmp_path), "0000of0001")
+    output = SavedOutput(str(tmp_path))
     assert output.done_ids().to_list() == sorted(ids)
     assert output.count_ids(lambda rid: rid.endswith("7")) == 5
     assert output.count_ids() == len(ids)
-    assert Output(str(tmp_path / "empty"), "0000of0001").done_ids().to_list() == []
+    assert SavedOutput(str(tmp_path / "empty")).done_ids().to_list() == []

@@ -10,7 +10,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from batchrun.schema import output_schema
-from batchrun.sink import Output, PartWriter
+from batchrun.shards import Shard
+from batchrun.sink import OutputWriter, PartWriter
 
 
 def test_close_waits_for_a_write_still_queued_behind_other_work(tmp_path: Path) -> None:
@@ -22,7 +23,7 @@ def test_close_waits_for_a_write_still_queued_behind_other_work(tmp_path: Path) 
         loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
         gate = threading.Event()
         busy = loop.run_in_executor(None, gate.wait)  # the only worker thread is taken
-        writer = PartWriter(Output(str(tmp_path / "out"), "0000of0001"), output_schema([]),
+        writer = PartWriter(OutputWriter(str(tmp_path / "out"), Shard()), output_schema([]),
                             flush_rows=2, flush_seconds=3600)
         writer.start()
         writer.add({"id": "a", "status": "ok"})

@@ -15,7 +15,8 @@ import pytest
 
 from batchrun import storage
 from batchrun.prompts import Renderer, RowInputError
-from batchrun.sink import Output
+from batchrun.shards import Shard
+from batchrun.sink import OutputWriter
 from batchrun.sources import Record, Source
 from batchrun.spec import InputSpec, load_spec, parse_spec
 from tests.conftest import Gcs, base_env, run_cli
@@ -100,7 +101,7 @@ def test_crash_leftovers_are_invisible_to_scans_and_cleaned_by_their_own_shard(t
     for leftover in (mine, theirs):
         leftover.write_bytes(b"PAR1 half a file")
     assert pl.scan_parquet(f"{out}/**/*.parquet").collect().get_column("id").to_list() == ["a"]
-    Output(str(out), "0000of0002").prepare("fp", {"path": "in"}, force=False)
+    OutputWriter(str(out), Shard(0, 2)).prepare()
     assert not mine.exists() and theirs.exists()
 
 

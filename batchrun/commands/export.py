@@ -1,8 +1,8 @@
 """One compacted Parquet file from a job's many part files, optionally joined back to the input's columns.
 
 Part files are what makes a run resumable; analysts and warehouses prefer one file. The export holds
-one row per saved id, sorted by id, with the output table's columns (and with `join_input`, every input
-column the output does not already carry; a name the output uses is prefixed `input_`).
+one row per saved id still in the input, sorted by id, with the output table's columns (and with
+`join_input`, every input column the output does not already carry; a name the output uses is prefixed `input_`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import polars as pl
 
 from batchrun import storage
 from batchrun.errors import OutputError
-from batchrun.sink import Output
+from batchrun.saved import SavedOutput, live
 from batchrun.sources import Source
 from batchrun.spec import JobSpec
 
@@ -23,11 +23,11 @@ def export_job(spec: JobSpec, destination: str, *, join_input: bool = False) -> 
     """Write the compacted file to `destination` (a local path or gs:// URI) and say what it holds."""
     if not destination.lower().endswith(".parquet"):
         raise OutputError(f"{destination}: the export is a Parquet file; give a name ending in .parquet")
-    output = Output(spec.output.path, shard_tag="")
+    output = SavedOutput(spec.output.path)
     parts = output.parts()
     if not parts:
         raise OutputError(f"{spec.output.path}: no saved rows yet; run the job first (batchrun run)")
-    frame = output.table(parts=parts)
+    frame = live(output.table(parts=parts), Source(spec.input).ids())
     duplicates = len(frame) - frame.get_column("id").n_unique()
     if duplicates:
         frame = frame.sort("finished_at", nulls_last=False).unique("id", keep="last")

@@ -12,7 +12,8 @@ from urllib.parse import quote
 from batchrun import storage
 from batchrun.errors import OutputError
 from batchrun.media import BUILTIN_TYPES
-from batchrun.sink import Output
+from batchrun.saved import SavedIds, SavedOutput
+from batchrun.sources import Source
 from batchrun.spec import JobSpec
 
 EXTENSIONS = {
@@ -51,15 +52,16 @@ def extension(mime: str | None) -> str:
 
 
 def export_media(spec: JobSpec, directory: str) -> Exported:
-    """Write every saved row's media into `directory`; rows without media are skipped."""
-    output = Output(spec.output.path, shard_tag="")
+    """Write every live saved row's media into `directory`; rows without media are skipped."""
+    output = SavedOutput(spec.output.path)
     if not output.parts():
         raise OutputError(f"{output.path} holds no results yet: run the job first (batchrun run)")
     storage.makedirs(directory)
+    current = SavedIds(Source(spec.input).ids())
     files = size = 0
     for row in output.scan(["id", "media", "media_mime_type"]):
         media = row["media"]
-        if not media:
+        if not media or not current.contains([row["id"]])[0]:  # no media, or a row whose id left the input
             continue
         target = storage.join(directory, file_name(row["id"], row["media_mime_type"]))
         try:

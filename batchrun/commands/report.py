@@ -18,7 +18,8 @@ import polars as pl
 
 from batchrun.commands import tables
 from batchrun.prices import Price, PriceBook, price_book
-from batchrun.sink import Output
+from batchrun.saved import SavedOutput, live
+from batchrun.sources import Source
 from batchrun.spec import JobSpec
 
 _TOKENS = ["prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens"]
@@ -26,9 +27,9 @@ _QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 
 def build_report(spec: JobSpec, frame: pl.DataFrame | None = None) -> dict[str, Any]:
-    """The whole report as plain data (what `--json` prints)."""
+    """The whole report as plain data (what `--json` prints), over the live rows (ids in the input now)."""
     if frame is None:
-        frame = Output(spec.output.path, shard_tag="").table()
+        frame = live(SavedOutput(spec.output.path).table(), Source(spec.input).ids())
     frame = _billable(frame)
     book = price_book(spec, wanted=_traffic_types(frame))
     report: dict[str, Any] = {
@@ -54,6 +55,14 @@ def build_report(spec: JobSpec, frame: pl.DataFrame | None = None) -> dict[str, 
 def _traffic_types(frame: pl.DataFrame) -> list[str]:
     """The traffic types the saved rows carry (null: standard)."""
     return sorted({t or "ON_DEMAND" for t in frame.get_column("traffic_type").unique().to_list()})
+
+
+def cost_of(frame: pl.DataFrame, spec: JobSpec) -> dict[str, Any] | None:
+    """What the saved rows in `frame` cost at the spec's prices (a rerun's estimate), or None without prices."""
+    if "traffic_type" not in frame.columns:
+        return None
+    book = price_book(spec, wanted=_traffic_types(frame))
+    return _cost(_billable(frame), book) if book.prices else None
 
 
 def _int(value: Any) -> int:

@@ -1,4 +1,4 @@
-"""Done / error / pending counts of a job, per shard, read from its output and its input."""
+"""Done / changed / pending / gone counts of a job, per shard, from its output compared with its input."""
 
 from __future__ import annotations
 
@@ -8,18 +8,12 @@ from typing import Any
 import polars as pl
 
 from batchrun.commands import tables
-from batchrun.shards import owner, shard_of_part
-from batchrun.sink import Output
-from batchrun.sources import Source
+from batchrun.rerun import compare
+from batchrun.saved import SavedOutput
+from batchrun.shards import Shard, owner, shard_of_part
 from batchrun.spec import JobSpec
 
-
-def input_ids(spec: JobSpec) -> pl.Series:
-    """Every id of the input, in file order, as a run assigns them (unreadable lines included)."""
-    ids: list[str] = []
-    for batch in Source(spec.input).batches():
-        ids.extend(record.id for record in batch)
-    return pl.Series("id", ids, dtype=pl.String)
+_COUNTS = ("rows", "ok", "error", "changed", "pending", "gone")
 
 
 def shard_count(parts: list[str], requested: int | None) -> int:
@@ -36,24 +30,24 @@ def shard_count(parts: list[str], requested: int | None) -> int:
 
 
 def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
-    """Counts over every shard's parts: rows in the input, ok, error, done, pending, and the same per shard."""
-    output = Output(spec.output.path, shard_tag="")
-    parts = output.parts()
-    saved = output.table(["id", "status"], parts)
+    """Counts over every shard's parts and the input: done (ok, error), changed, pending and gone rows, per shard."""
+    saved = SavedOutput(spec.output.path)
+    comparison = compare(spec, saved, Shard())
+    parts = comparison.parts
     count = shard_count(parts, shards)
-    ids = input_ids(spec)
-    frame = (
-        pl.DataFrame({"id": ids})
-        .join(saved.unique("id", keep="last"), on="id", how="left")
-        .with_columns(pl.col("id").map_elements(lambda rid: owner(rid, count), return_dtype=pl.Int64).alias("shard"))
+    frame = comparison.rows.with_columns(
+        pl.col("id").map_elements(lambda rid: owner(rid, count), return_dtype=pl.Int64).alias("shard")
     )
+    state, status = pl.col("state"), pl.col("status")
     per_shard = (
         frame.group_by("shard")
         .agg(
-            pl.len().alias("rows"),
-            (pl.col("status") == "ok").sum().alias("ok"),
-            (pl.col("status") == "error").sum().alias("error"),
-            pl.col("status").is_null().sum().alias("pending"),
+            pl.col("in_input").sum().alias("rows"),
+            ((state == "done") & (status == "ok")).sum().alias("ok"),
+            ((state == "done") & (status == "error")).sum().alias("error"),
+            (state == "changed").sum().alias("changed"),
+            (state == "pending").sum().alias("pending"),
+            (state == "gone").sum().alias("gone"),
         )
         .sort("shard")
     )
@@ -67,30 +61,19 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
     by_shard = {row["shard"]: row for row in per_shard.iter_rows(named=True)}
     shard_rows: list[dict[str, Any]] = []
     for index in range(count):
-        row = by_shard.get(index, {"rows": 0, "ok": 0, "error": 0, "pending": 0})
-        shard_rows.append(
-            {
-                "shard": f"{index}/{count}",
-                "rows": int(row["rows"]),
-                "done": int(row["ok"]) + int(row["error"]),
-                "ok": int(row["ok"]),
-                "error": int(row["error"]),
-                "pending": int(row["pending"]),
-                "parts": part_counts.get(index, 0),
-            }
-        )
-    ok = sum(r["ok"] for r in shard_rows)
-    error = sum(r["error"] for r in shard_rows)
+        row = by_shard.get(index, dict.fromkeys(_COUNTS, 0))
+        figures = {name: int(row[name]) for name in _COUNTS}
+        shard_rows.append({"shard": f"{index}/{count}", "rows": figures["rows"],
+                           "done": figures["ok"] + figures["error"], **figures, "parts": part_counts.get(index, 0)})
+    totals = {name: sum(r[name] for r in shard_rows) for name in _COUNTS}
+    stored = saved.table(["id"], parts)
     return {
         "job": spec.name,
         "output": spec.output.path,
-        "rows": len(ids),
-        "done": ok + error,
-        "ok": ok,
-        "error": error,
-        "pending": sum(r["pending"] for r in shard_rows),
-        "duplicates": len(saved) - saved.get_column("id").n_unique(),
-        "not_in_input": int((~saved.get_column("id").is_in(ids.implode())).sum()),
+        **totals,
+        "done": totals["ok"] + totals["error"],
+        "unhashed": int((frame.get_column("status").is_not_null() & frame.get_column("request_hash").is_null()).sum()),
+        "duplicates": len(stored) - stored.get_column("id").n_unique(),
         "parts": len(parts),
         "parts_of_other_task_counts": {str(tasks): n for tasks, n in sorted(other_counts.items())},
         "shards": shard_rows,
@@ -101,13 +84,19 @@ def format_status(figures: dict[str, Any]) -> str:
     """The status as a line of totals and a table per shard."""
     head = (
         f"{figures['job']}: {figures['done']:,} done ({figures['ok']:,} ok, {figures['error']:,} error), "
-        f"{figures['pending']:,} pending of {figures['rows']:,} rows in {figures['parts']:,} part files"
+        f"{figures['changed']:,} changed, {figures['pending']:,} pending of {figures['rows']:,} rows, "
+        f"{figures['gone']:,} gone, in {figures['parts']:,} part files"
     )
     warnings = []
+    if figures["changed"]:
+        warnings.append(f"{figures['changed']} saved rows answer a request that changed since: "
+                        "`run --refresh` sends them again, `run --keep` keeps them")
+    if figures["gone"]:
+        warnings.append(f"{figures['gone']} saved rows have ids no longer in the input: the next run removes them")
+    if figures["unhashed"]:
+        warnings.append(f"{figures['unhashed']} saved rows predate request_hash: they count as done, unchecked")
     if figures["duplicates"]:
         warnings.append(f"warning: {figures['duplicates']} ids appear more than once in the output")
-    if figures["not_in_input"]:
-        warnings.append(f"warning: {figures['not_in_input']} saved rows have ids that are not in the input")
     others = figures["parts_of_other_task_counts"]
     if others:
         written = ", ".join(f"{n} by {tasks} tasks" for tasks, n in others.items())
@@ -116,6 +105,6 @@ def format_status(figures: dict[str, Any]) -> str:
             f"part files written under other task counts ({written}) hold rows of several of these shards and "
             "are counted in each row's shard but not in the parts column; --shards N splits another way"
         )
-    headers = ["shard", "rows", "done", "ok", "error", "pending", "parts"]
+    headers = ["shard", "rows", "done", "ok", "error", "changed", "pending", "gone", "parts"]
     table = tables.render("per shard:", headers, [[row[h] for h in headers] for row in figures["shards"]])
     return "\n".join([head, *warnings, "", table])
