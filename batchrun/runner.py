@@ -69,8 +69,7 @@ class Prepared:
 
 
 def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
-    """Validate the spec, its credentials and the input, and render the first rows; creates and sends nothing."""
-    check_endpoint(spec.endpoint)
+    """Validate the spec, the input and then the credentials, and render the first rows; creates and sends nothing."""
     source = Source(spec.input)
     summary = source.summarize(spec.output.keep_columns, shard.owns if shard else None)
     renderer = Renderer(spec, summary.format)
@@ -94,6 +93,7 @@ def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
             f"none of the first rows of {spec.input.path} renders into a request: "
             "check request.prompt placeholders against the input's columns"
         )
+    check_endpoint(spec.endpoint)  # after the input: a user fixes the file before the credentials
     return Prepared(spec, source, summary, renderer, first, _run_prices(spec))
 
 

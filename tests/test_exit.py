@@ -100,11 +100,13 @@ def test_a_bug_behind_the_writer_is_raised_not_turned_into_a_stop(make_job: Any,
     """An exception from the writer that is not a disk error propagates as the bug it is (exit 1), not a stop (3)."""
     job = make_job(n=3)
     monkeypatch.chdir(job.dir)
+    for key, value in job.env.items():
+        monkeypatch.setenv(key, value)
     runner = Runner(prepare(load_spec(job.spec)), RunOptions())
     record = next(iter(runner.prepared.source.batches()))[0]
     row = {"id": record.id, "status": "ok"}
     with pytest.raises(TypeError, match="a bug in the writer"):
-        runner._finish(_BrokenWriter(), row, record)  # type: ignore[arg-type]
+        runner._finish(_BrokenWriter(), row, record=record)  # type: ignore[arg-type]
     assert runner._stop_reason is None
 
 
