@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from batchrun import storage
 from batchrun.errors import OutputError, StorageError
@@ -148,16 +147,13 @@ class OutputWriter:
         if places is None or all(place is None for place in places):
             storage.write_once(path, encode(table))
             return
-        located = pa.array([place is not None for place in places])
-        fresh = table.filter(pc.invert(located))
+        fresh = table.filter(pa.array([place is None for place in places]))
         if fresh.num_rows:
             storage.write_once(path, encode(fresh))
         import polars as pl
 
-        moved = table.filter(located)
-        where = pa.array([place for place in places if place is not None])
-        for part in sorted(set(where.to_pylist())):
-            rows = moved.filter(pc.equal(where, part))
+        for part in sorted({place for place in places if place is not None}):
+            rows = table.filter(pa.array([place == part for place in places]))
             self._rewrite(part, pl.Series(rows.column("id").to_pylist(), dtype=pl.String), rows)
 
     def _rewrite(self, part: str, ids: pl.Series, rows: pa.Table | None) -> None:

@@ -30,7 +30,7 @@ def capped_job(make_job: Any, sim: Sim, cap: float, n: int = 30) -> Job:
 
 def saved_cost(job: Job) -> float:
     """The saved rows' cost, as `batchrun report` computes it from the Parquet files."""
-    spec = load_spec(job.spec, [f"output.path={job.output}"])
+    spec = load_spec(job.spec, [f"output.path={job.output}", f"input.path={job.dir / 'input.jsonl'}"])
     return float(build_report(spec)["cost"]["total"])
 
 
