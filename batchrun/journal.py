@@ -185,19 +185,25 @@ def _fsync(paths: list[str]) -> None:
             os.close(fd)
 
 
-def fold(paths: list[str], saved: Callable[[set[str]], set[str]], commit: Callable[[list[ResultRow]], None]) -> int:
+def fold(
+    paths: list[str], saved: Callable[[set[str]], set[str]], commit: Callable[[list[ResultRow]], None]
+) -> tuple[int, list[ResultRow]]:
     """Commit the rows of a killed run's journal as one part, skipping ids `saved` reports in parts; then remove it.
 
-    Returns how many rows were folded. Run before the saved ids are read, under the shard's lock.
+    Returns how many rows were folded, and the skipped rows: each is either the very row a part holds, or
+    an answer meant to replace an older one (--refresh, --retry-errors), which only the rerun comparison
+    can tell apart. Run before the saved ids are read, under the shard's lock.
     """
     latest = {row["id"]: row for row in read_rows(paths)}
     rows: list[ResultRow] = []
+    held: list[ResultRow] = []
     if latest:
         already = saved(set(latest))
         rows = [row for rid, row in latest.items() if rid not in already]
+        held = [row for rid, row in latest.items() if rid in already]
         if rows:
             commit(rows)
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-    return len(rows)
+    return len(rows), held

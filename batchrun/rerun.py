@@ -28,6 +28,8 @@ from batchrun.spec import JobSpec
 if TYPE_CHECKING:
     import polars as pl  # 0.25 s and 26 MB to import: loaded only where a frame is built
 
+    from batchrun.schema import ResultRow
+
 _HASH_CHARS = 32
 _ENDPOINT_KEYS = ("kind", "project", "location", "endpoint_id", "api_version", "base_url")
 # What reruns read of each saved row: enough to compare it and to say what re-sending it would cost.
@@ -206,6 +208,28 @@ def decide(
     return Plan(SavedIds(skip), replace.select("id", "part"),
                 placed.filter((pl.col("state") == "gone") & pl.col("rewritable")).select("id", "part"),
                 len(left), notes)
+
+
+def answered(held: list[ResultRow], plan: Plan, comparison: Comparison) -> list[ResultRow]:
+    """Of the journaled rows a killed run answered but never saved, those that answer a row this run sends again.
+
+    Each is saved in place of the old row instead of being sent once more, so a kill during --refresh or
+    --retry-errors re-sends only what was in flight. A row answers when its request_hash is the input row's
+    hash now and it is not the saved row itself (or another error for the same request, which is retried).
+    """
+    if not held or not plan.replace.height:
+        return []
+    wanted = plan.replace.select("id").join(comparison.rows.select("id", "current", "request_hash", "status"), on="id")
+    saved = {rid: (now, old, status) for rid, now, old, status in wanted.iter_rows()}
+    rows = []
+    for row in held:
+        if (found := saved.get(row["id"])) is None:
+            continue
+        now, old_hash, old_status = found
+        if row.get("request_hash") != now or (old_hash == now and (old_status == "ok" or row["status"] != "ok")):
+            continue
+        rows.append(row)
+    return rows
 
 
 def _refusal(comparison: Comparison, spec: JobSpec, recorded: dict[str, Any] | None) -> str:

@@ -24,7 +24,7 @@ from batchrun.limits import CapReached, CostCap, Limits
 from batchrun.prices import PriceBook, may_serve, price_book, require_cap_prices, row_usage
 from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
-from batchrun.rerun import RequestHasher, compare, decide, job_record, keep_key
+from batchrun.rerun import RequestHasher, answered, compare, decide, job_record, keep_key
 from batchrun.results import ResultBuilder, input_error
 from batchrun.schema import ResultRow, output_schema
 from batchrun.shards import Shard
@@ -151,9 +151,9 @@ class Runner:
             output, self.schema, flush_rows=self.spec.output.flush_rows, flush_seconds=self.spec.output.flush_seconds
         )
         recovered = writer.recover()  # before the comparison: a recovered row is a saved row
-        if recovered:
-            reporter.note("INFO", f"{recovered} answers the last run had journaled but not saved are saved now")
-        done = self._plan(output)
+        done, reused = self._plan(output, writer)
+        if recovered + reused:
+            reporter.note("INFO", f"{recovered + reused} answers the last run journaled but did not save are saved now")
         counters = self.counters
         counters.total = self.prepared.summary.owned
         counters.already_done = len(done)
@@ -216,9 +216,10 @@ class Runner:
         owns = self.options.shard.owns
         return sum(book.cost(row_usage(row)) or 0.0 for row in self.output.saved.scan(columns) if owns(row["id"]))
 
-    def _plan(self, output: OutputWriter) -> SavedIds:
-        """Compare the saved rows with the input row by row, refuse or record the job, drop the gone rows, and
-        mark the rows to send again; returns the saved ids this run skips."""
+    def _plan(self, output: OutputWriter, writer: PartWriter) -> tuple[SavedIds, int]:
+        """Compare the saved rows with the input row by row, refuse or record the job, drop the gone rows, mark
+        the rows to send again and save the journaled answers to them; returns the saved ids this run skips and
+        how many journaled answers replaced old rows."""
         import polars as pl
 
         options = self.options
@@ -234,6 +235,9 @@ class Runner:
         output.record_job(record)
         output.drop(plan.gone, comparison.parts)
         output.replace_rows(plan.replace, comparison.parts, comparison.rows)
+        reused = answered(writer.held, plan, comparison)
+        if reused:
+            writer.replace_now(reused)
         for note in plan.notes:
             self.reporter.note("INFO", note)
         if options.retry_errors:
@@ -243,7 +247,7 @@ class Runner:
             self.reporter.note("WARNING", f"{plan.left} rows of this shard to send again are in parts written by a "
                                "job with another task count and stay; run the same command as one task (no --shard, "
                                "no CLOUD_RUN_TASK_COUNT) to send them again")
-        return plan.skip
+        return plan.skip.adding([row["id"] for row in reused]), len(reused)
 
     async def _exit_code(self, writer: PartWriter, limited: bool) -> int:
         """0 when every row has a final result (or --limit was reached), else raise the reason to stop."""

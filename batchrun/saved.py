@@ -183,6 +183,15 @@ class SavedIds:
     def __len__(self) -> int:
         return 0 if self._ids is None else len(self._ids)
 
+    def adding(self, ids: list[str]) -> SavedIds:
+        """These ids and `ids` (rows saved since they were read)."""
+        if not ids:
+            return self
+        import polars as pl
+
+        more = pl.Series(ids, dtype=pl.String)
+        return SavedIds(more if self._ids is None else pl.concat([self._ids, more]))
+
     def contains(self, ids: list[str]) -> list[bool]:
         """For each id, whether it is saved."""
         if self._ids is None:

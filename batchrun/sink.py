@@ -207,6 +207,7 @@ class PartWriter:
         self._failure: OutputError | None = None
         self._closing = False
         self.rows_written = 0
+        self.held: list[ResultRow] = []  # journaled rows whose ids a part held at recover()
         remote = storage.is_remote(output.path)
         self._journal = None if remote else Journal(self._meta_dir, f"{output.shard_tag}-{self._run_id}")
 
@@ -218,16 +219,25 @@ class PartWriter:
         """Fold the journal a killed run left into one part; returns the rows saved.
 
         Run before the rerun comparison, with no replacements marked, so the fold writes new ids only. An id a part
-        already holds is skipped: a row committed before the kill (its segments not yet removed), or a replacement
-        (--refresh, --retry-errors) whose old row is still saved; the comparison then sends that one again, so an
-        id is never in two parts.
+        already holds is skipped and kept in `held`: a row committed before the kill (its segments not yet
+        removed), or a replacement (--refresh, --retry-errors) whose old row is still saved, which the comparison
+        picks out and `replace_now` saves in place of the old row, so an id is never in two parts.
         """
         if self._journal is None:
             return 0
         left = segments(self._meta_dir, self._output.shard_tag)
-        folded = fold(left, self._output.saved.holding, lambda rows: self._write(self._part_path(0), rows))
+        folded, self.held = fold(left, self._output.saved.holding, lambda rows: self._write(self._part_path(0), rows))
         self.rows_written += folded
         return folded
+
+    def replace_now(self, rows: list[ResultRow]) -> None:
+        """Save journaled answers in place of the saved rows they replace (marked by OutputWriter.replace_rows)."""
+        self._sequence += 1
+        self._write(self._part_path(self._sequence), rows)
+        for row in rows:
+            self._output.replaced_attempts.pop(row["id"], None)  # the journaled row already counts them
+        self.rows_written += len(rows)
+        self.held = []
 
     def _part_path(self, sequence: int) -> str:
         name = f"part-{self._output.shard_tag}-{self._run_id}-{sequence:05d}{PART_SUFFIX}"

@@ -12,6 +12,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from batchrun.journal import read_rows, segments
 from tests.conftest import Job, Sim, write_rows
 from tests.faults import committed_ids, repeated
 
@@ -175,6 +176,40 @@ def _watch_and_kill(job: Job, sim: Sim, wait_s: float) -> None:
             break
         time.sleep(0.01)
     process.communicate(timeout=30)
+
+
+def test_answers_journaled_before_a_kill_during_refresh_are_saved_not_sent_again(sim: Sim, make_job: Any) -> None:
+    """SIGKILL during --refresh while the new answers wait in the writer's buffer (journaled, in no part): the next
+    --refresh saves them in place of the old rows and sends only the rest, so no changed row is answered twice."""
+    data = rows(300)
+    job: Job = make_job(data, limits={"concurrency": 8}, output__flush_rows=100_000, output__flush_seconds=600)
+    assert job.run("run").returncode == 0
+    edit_prompt(job, "Summarise: {text}")
+    sim.configure(latency_s=0.02)
+    prompts = {f"Summarise: {row['text']}": row["id"] for row in data}
+
+    def answered_so_far() -> int:
+        counts = sim.counts()
+        return sum(counts.get(prompt, 0) for prompt in prompts)
+
+    process = job.popen("run", "--refresh")
+    while answered_so_far() < 100 and process.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the writer journals each answer as it arrives: let the last ones land
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    journaled = {row["id"] for row in read_rows(segments(str(job.output / "_batchrun"), "0000of0001"))}
+    assert len(journaled) >= 100
+    assert_answers(job.table(), {r["id"] for r in data}, "Classify")  # the kill left every old answer saved
+    sim.configure(latency_s=0.0)
+    final = job.run("run", "--refresh")
+    assert final.returncode == 0, final.stderr
+    assert f"{len(journaled)} answers the last run journaled but did not save are saved now" in final.stderr
+    counts = sim.counts()
+    assert all(counts[prompt] == 1 for prompt, rid in prompts.items() if rid in journaled)
+    assert sum(counts.get(prompt, 0) for prompt in prompts) <= len(data) + 8, "only the requests in flight again"
+    assert_answers(job.table(), {r["id"] for r in data}, "Summarise")
+    assert not list((job.output / "_batchrun").glob("journal-*"))
 
 
 @pytest.mark.parametrize(("n", "kills"), [(2000, 4), pytest.param(20_000, 12, marks=pytest.mark.slow)])
