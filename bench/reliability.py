@@ -61,7 +61,8 @@ def main() -> int:
     args, pytest_args = parser.parse_known_args()
     with tempfile.TemporaryDirectory() as scratch:
         figures = Path(scratch) / "figures.jsonl"
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", *SUITES, *pytest_args]
+        # One case at a time (-n 0): the figures are of the runner alone, not of cases beside it.
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-n", "0", *SUITES, *pytest_args]
         if args.all:
             command += ["-m", ""]
         code = subprocess.run(command, cwd=REPO, env={**os.environ, "BATCHRUN_FIGURES": str(figures)}).returncode
