@@ -108,6 +108,15 @@ class Job:
         return read_output(self.output)
 
 
+def duckdb_rows(query: str) -> list[tuple[Any, ...]]:
+    """The rows DuckDB returns for a query (duckdb.sql gives None only for a statement that returns nothing)."""
+    import duckdb  # a test tool most cases never load
+
+    relation = duckdb.sql(query)
+    assert relation is not None, query
+    return relation.fetchall()
+
+
 def read_output(path: Path) -> pl.DataFrame:
     """All part files under an output directory, as analysts read them."""
     if not list(path.rglob("*.parquet")):

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -90,7 +90,7 @@ def outcome(table: pl.DataFrame, sim: Sim, rows: int) -> dict[str, Any]:
         "duplicates": table.height - table["id"].n_unique(),
         "requests": stats["requests"],
         "extra_requests": stats["requests"] - rows,
-        "max_attempts": int(table["attempts"].max() or 0),
+        "max_attempts": int(cast("int | None", table["attempts"].max()) or 0),
         "by_status": stats["by_status"],
     }
 

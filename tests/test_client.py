@@ -126,7 +126,7 @@ def test_dropped_connection_and_timeout_are_transient(sim: Sim) -> None:
 )
 def test_vertex_urls(endpoint: dict[str, str], url: str) -> None:
     """Regional, global and self-deployed endpoints get Vertex's documented roots."""
-    assert vertex_url(EndpointSpec(kind="vertex", **endpoint)) == url  # type: ignore[arg-type]
+    assert vertex_url(EndpointSpec(kind="vertex", **endpoint)) == url
 
 
 def test_a_success_takes_one_attempt(sim: Sim) -> None:

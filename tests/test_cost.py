@@ -22,10 +22,12 @@ PRICES = {"ON_DEMAND": {"input": 1000.0, "cached_input": 100.0, "output": 2000.0
 
 def capped_job(make_job: Any, sim: Sim, cap: float, n: int = 30) -> Job:
     """A job whose rows cost about 0.03-0.05 each, under limits.max_cost."""
-    return make_job(n=n, endpoint=vertex(sim), limits={"concurrency": 4, "max_cost": cap},
-                    request={"prompt": "Classify: {text}", "params": {"max_tokens": 16, "reasoning_effort": "none"}},
-                    report={"prices": PRICES},
-                    output={"path": "out", "keep_columns": ["text"], "flush_rows": 5, "flush_seconds": 0.2})
+    job: Job = make_job(n=n, endpoint=vertex(sim), limits={"concurrency": 4, "max_cost": cap},
+                        request={"prompt": "Classify: {text}",
+                                 "params": {"max_tokens": 16, "reasoning_effort": "none"}},
+                        report={"prices": PRICES},
+                        output={"path": "out", "keep_columns": ["text"], "flush_rows": 5, "flush_seconds": 0.2})
+    return job
 
 
 def saved_cost(job: Job) -> float:

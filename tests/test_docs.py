@@ -7,12 +7,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 import yaml
 
 from batchrun.spec import parse_spec
-from tests.conftest import REPO, Job, Sim
+from tests.conftest import REPO, Job, Sim, duckdb_rows
 
 ANALYSTS = (REPO / "docs" / "analysts.md").read_text()
 CLOUD_RUN = (REPO / "docs" / "cloud-run.md").read_text()
@@ -38,7 +37,7 @@ def test_duckdb_reads_the_documented_schema_and_runs_the_documented_queries(make
     result = job.run("run")
     assert result.returncode == 0, result.stderr[-2000:]
     pattern = f"{job.output}/*.parquet"
-    described = duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet('{pattern}')").fetchall()
+    described = duckdb_rows(f"DESCRIBE SELECT * FROM read_parquet('{pattern}')")
     columns = {row[0]: row[1] for row in described}
     schema = documented_schema()
     assert len(schema) >= 20
@@ -49,23 +48,21 @@ def test_duckdb_reads_the_documented_schema_and_runs_the_documented_queries(make
     local = [q for q in queries if "out/reviews-sentiment" in q]
     assert len(local) == 4
     for query in local:
-        rows = duckdb.sql(query.replace("out/reviews-sentiment/*.parquet", pattern)).fetchall()
-        assert rows, query
+        found = duckdb_rows(query.replace("out/reviews-sentiment/*.parquet", pattern))
+        assert found, query
     (cost_block,) = [b for b in blocks(ANALYSTS, "python") if b.startswith("# cost by traffic type")]
     namespace: dict[str, Any] = {}
     exec(cost_block.replace("out/reviews-sentiment/*.parquet", pattern).replace("print(cost)", ""), namespace)
     by_type = dict(namespace["cost"].select("traffic_type", "cost").iter_rows())
     cost_sql = next(q for q in local if q.startswith("-- cost by traffic type"))
-    by_sql = {r[0]: r[3] for r in duckdb.sql(cost_sql.replace("out/reviews-sentiment/*.parquet", pattern)).fetchall()}
+    by_sql = {r[0]: r[3] for r in duckdb_rows(cost_sql.replace("out/reviews-sentiment/*.parquet", pattern))}
     assert by_sql["ON_DEMAND"] == pytest.approx(by_type["ON_DEMAND"]) and by_type["ON_DEMAND"] > 0
-    (tokens,) = duckdb.sql(f"SELECT sum(total_tokens), count(DISTINCT id), count(*) FROM read_parquet('{pattern}')"
-                           ).fetchall()
+    (tokens,) = duckdb_rows(f"SELECT sum(total_tokens), count(DISTINCT id), count(*) FROM read_parquet('{pattern}')")
     assert tokens[0] > 0 and tokens[1] == tokens[2] == 30
 
     export = job.run("export", str(job.dir / "all.parquet"), "--join-input")
     assert export.returncode == 0, export.stderr
-    (row,) = duckdb.sql(f"SELECT count(*), count(DISTINCT id), min(text) FROM '{job.dir / 'all.parquet'}'"
-                        ).fetchall()
+    (row,) = duckdb_rows(f"SELECT count(*), count(DISTINCT id), min(text) FROM '{job.dir / 'all.parquet'}'")
     assert row[:2] == (30, 30) and row[2].startswith("review number")
 
 

@@ -37,7 +37,7 @@ class Refusal:
     says: tuple[str, ...]
     rows: list[dict[str, Any]] | None = None
     spec: dict[str, Any] = field(default_factory=dict)
-    plant: Callable[[Path], None] | None = None
+    plant: Callable[[Path], object] | None = None
     line_of_key: str | None = None  # the message must name the job.yaml line where this key is written
 
 

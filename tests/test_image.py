@@ -47,8 +47,8 @@ def test_lock_file_pins_every_dependency_of_pyproject_with_hashes() -> None:
         assert name in pins, f"{requirement.name} is in pyproject.toml but not in requirements.lock"
         assert requirement.specifier.contains(pins[name][0], prereleases=True), (text, pins[name][0])
     assert {"aiohttp", "requests"} <= pins.keys()  # openai[aiohttp], google-auth[requests]
-    for name, (version, hashes) in pins.items():
-        assert hashes, f"{name}=={version} has no hash"
+    for pinned, (version, hashes) in pins.items():
+        assert hashes, f"{pinned}=={version} has no hash"
     for tool in ("pytest", "ruff", "mypy", "duckdb", "batchrun", "batchrun-vertex"):
         assert tool not in pins, tool
     assert REFRESH in LOCK.read_text().split("\n\n", 1)[0]

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,7 +18,7 @@ from batchrun.commands.status import format_status, job_status
 from batchrun.errors import OutputError, SpecError
 from batchrun.schema import output_schema
 from batchrun.spec import JobSpec, parse_spec
-from tests.conftest import Gcs, write_rows
+from tests.conftest import Gcs, duckdb_rows, write_rows
 
 T0 = datetime.datetime(2026, 11, 21, 12, 0, 5, tzinfo=datetime.UTC)
 
@@ -100,7 +99,7 @@ def test_report_latency_matches_duckdb_quantile_cont(spec: JobSpec) -> None:
     """The percentiles are DuckDB's quantile_cont over the same files, as docs/analysts.md promises."""
     query = (f"SELECT quantile_cont(latency_ms, [0.5, 0.9, 0.99]) FROM read_parquet('{spec.output.path}/*.parquet') "
              "WHERE status = 'ok'")
-    (row,) = duckdb.sql(query).fetchall()
+    (row,) = duckdb_rows(query)
     latency = build_report(spec)["latency_ms"]
     assert [latency["p50"], latency["p90"], latency["p99"]] == pytest.approx(row[0])
 
@@ -153,7 +152,7 @@ def test_export_is_one_file_with_one_row_per_id_joined_to_the_input(spec: JobSpe
     """One compacted Parquet file, sorted by id, with the input's columns when asked; DuckDB reads it."""
     result = export_job(spec, str(tmp_path / "all.parquet"), join_input=True)
     assert (result["rows"], result["parts"], result["duplicates_dropped"]) == (7, 2, 0)
-    rows = duckdb.sql(f"SELECT id, status, text, n FROM read_parquet('{tmp_path / 'all.parquet'}')").fetchall()
+    rows = duckdb_rows(f"SELECT id, status, text, n FROM read_parquet('{tmp_path / 'all.parquet'}')")
     assert [r[0] for r in rows] == sorted("abcdefg")
     assert rows[1] == ("b", "ok", "text b", 1)
     plain = export_job(spec, str(tmp_path / "plain.parquet"))

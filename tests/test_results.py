@@ -125,7 +125,7 @@ def test_generated_image_bytes() -> None:
 def test_stream_assembly_keys_tool_calls_by_id() -> None:
     """Streamed argument pieces join per call id even when indexes disagree (as Vertex sends them)."""
     a = StreamAssembler()
-    chunks = [
+    chunks: list[dict[str, Any]] = [
         {
             "id": "x",
             "model": "m",

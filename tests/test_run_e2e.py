@@ -69,7 +69,8 @@ def test_faulty_endpoint_large_job(rows: int, sim: Sim, make_job: object) -> Non
     stats = sim.stats()
     assert stats["by_status"].get("429", 0) > 0 and stats["by_status"].get("500", 0) > 0
     assert stats["by_status"].get("401", 0) > 0, "tokens were revoked mid-run"
-    assert table["attempts"].max() > 1
+    most = table["attempts"].max()
+    assert isinstance(most, int) and most > 1
 
 
 def committed_ids(output: Path) -> list[str]:

@@ -160,7 +160,7 @@ def server() -> Iterator[Server]:
 def test_service_account_flow_token_authorizes_vertex_chat(server: Server) -> None:
     """google-auth's real service-account refresh yields a token the Vertex path accepts."""
     info = make_service_account_info(server.url + "/token")
-    credentials = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+    credentials = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)  # type: ignore[no-untyped-call]  # google-auth is unannotated
     credentials.refresh(google.auth.transport.requests.Request())
     client = openai.OpenAI(base_url=vertex_base_url(server.url), api_key=credentials.token, max_retries=0)
     answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": SENTIMENT}])
@@ -171,18 +171,18 @@ def test_service_account_flow_token_authorizes_vertex_chat(server: Server) -> No
 
 def test_authorized_user_refresh_grant_issues_a_token(server: Server) -> None:
     """gcloud-style user credentials refresh through the refresh_token grant."""
-    credentials = user_credentials.Credentials(
+    credentials = user_credentials.Credentials(  # type: ignore[no-untyped-call]  # google-auth is unannotated
         None, refresh_token="1//sim", client_id="id", client_secret="secret", token_uri=server.url + "/token"
     )
-    credentials.refresh(google.auth.transport.requests.Request())
+    credentials.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]  # google-auth is unannotated
     assert server.chat(token=credentials.token).status == 200
 
 
 def test_token_endpoint_checks_audience_scope_and_signature(server: Server) -> None:
     """Assertions with a wrong aud, no scope or a forged signature are refused like Google's endpoint."""
     info = make_service_account_info(server.url + "/token")
-    signer = crypt.RSASigner.from_service_account_info(info)
-    forger = crypt.RSASigner.from_service_account_info(make_service_account_info(server.url + "/token"))
+    signer = crypt.RSASigner.from_service_account_info(info)  # type: ignore[no-untyped-call]  # google-auth is unannotated
+    forger = crypt.RSASigner.from_service_account_info(make_service_account_info(server.url + "/token"))  # type: ignore[no-untyped-call]  # google-auth is unannotated
     now = int(time.time())
     claims = {
         "iss": info["client_email"],
@@ -195,11 +195,11 @@ def test_token_endpoint_checks_audience_scope_and_signature(server: Server) -> N
     def grant(assertion: bytes) -> Reply:
         return server.grant(f"grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion={assertion.decode()}")
 
-    assert grant(jwt.encode(signer, claims)).status == 200
-    assert grant(jwt.encode(signer, {**claims, "aud": server.url})).json()["error"] == "invalid_grant"
+    assert grant(jwt.encode(signer, claims)).status == 200  # type: ignore[no-untyped-call]  # google-auth is unannotated
+    assert grant(jwt.encode(signer, {**claims, "aud": server.url})).json()["error"] == "invalid_grant"  # type: ignore[no-untyped-call]  # google-auth is unannotated
     no_scope = {k: v for k, v in claims.items() if k != "scope"}
-    assert grant(jwt.encode(signer, no_scope)).json()["error"] == "invalid_scope"
-    forged = grant(jwt.encode(forger, claims, key_id=info["private_key_id"]))
+    assert grant(jwt.encode(signer, no_scope)).json()["error"] == "invalid_scope"  # type: ignore[no-untyped-call]  # google-auth is unannotated
+    forged = grant(jwt.encode(forger, claims, key_id=info["private_key_id"]))  # type: ignore[no-untyped-call]  # google-auth is unannotated
     assert (forged.status, forged.json()["error_description"]) == (400, "Invalid JWT Signature.")
 
 
