@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
+from batchrun.errors import RequestError
 from batchrun.runner import Runner, RunOptions, prepare
+from batchrun.schema import ResultRow
 from batchrun.spec import load_spec
 from tests.conftest import Job
 from tests.faults import numbered_rows
@@ -27,7 +29,8 @@ from tests.faults import numbered_rows
 
 def _many_parts_job(make_job: Any) -> Job:
     """A job whose output is 40 part files, so the check before exit reads 40 files on Arrow's threads."""
-    return make_job(numbered_rows(40), output={"path": "out", "keep_columns": ["text"], "flush_rows": 1})
+    job: Job = make_job(numbered_rows(40), output={"path": "out", "keep_columns": ["text"], "flush_rows": 1})
+    return job
 
 
 def _runs(job: Job, times: int, side_by_side: int) -> list[tuple[int, str]]:
@@ -120,7 +123,7 @@ def test_a_bug_in_a_worker_ends_the_run_with_exit_1(make_job: Any, monkeypatch: 
     class Buggy(Runner):
         """Every send has a bug."""
 
-        async def _send(self, client: Any, record: Any, body: dict[str, Any]) -> dict[str, Any]:
+        async def _send(self, client: Any, record: Any, body: dict[str, Any]) -> tuple[ResultRow, RequestError | None]:
             raise KeyError("a bug in a worker")
 
     runner = Buggy(prepare(load_spec(job.spec)), RunOptions())

@@ -15,6 +15,7 @@ import yaml
 
 from batchrun.errors import FinalError, RetryableError
 from batchrun.health import EndpointHealth, host_and_port, unreachable_cause
+from batchrun.schema import ResultRow
 from tests.conftest import Sim, base_env, read_output, run_cli, write_rows
 from tests.faults import complaints
 
@@ -114,10 +115,10 @@ def test_some_refusals_among_successes_are_ordinary_error_rows(tmp_path: Path, s
     """Once the endpoint has answered with a success, a held row is saved as the error row it is: exit 0."""
     health = EndpointHealth(lambda reason: None)
     refused = FinalError("HTTP 404: NOT_FOUND", http_status=404)
-    row = {"id": "a", "status": "error", "http_status": 404, "error_message": refused.message}
+    row: ResultRow = {"id": "a", "status": "error", "http_status": 404, "error_message": refused.message}
     assert health.admit(row, refused) == []
     health.attempt_succeeded()
-    ok = {"id": "b", "status": "ok"}
+    ok: ResultRow = {"id": "b", "status": "ok"}
     assert health.admit(ok) == [row, ok]
     health.settle()
     assert health.verdict is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -34,8 +34,9 @@ def response(
 
 
 def build(resp: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """The row an answer makes, as a plain dict: the tests read its columns as the values they hold."""
     builder = ResultBuilder(**{"thought_marker": None, "response_format": None, **kw})
-    return builder.ok("r1", builder.check(resp), attempts=1, latency_ms=5.0, ttft_ms=None)
+    return cast("dict[str, Any]", builder.ok("r1", builder.check(resp), attempts=1, latency_ms=5.0, ttft_ms=None))
 
 
 def test_usage_and_traffic_type() -> None:

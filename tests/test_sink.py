@@ -12,12 +12,12 @@ import pytest
 
 from batchrun.errors import OutputError
 from batchrun.saved import SavedIds, SavedOutput
-from batchrun.schema import output_schema
+from batchrun.schema import ResultRow, output_schema
 from batchrun.shards import Shard
 from batchrun.sink import OutputWriter, PartWriter
 
 
-def row(rid: str, status: str = "ok") -> dict[str, object]:
+def row(rid: str, status: str = "ok") -> ResultRow:
     return {"id": rid, "status": status, "finished_at": datetime.datetime.now(datetime.UTC)}
 
 
@@ -126,7 +126,7 @@ def test_temp_files_of_this_shard_are_cleaned(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.glob("*.tmp")] == ["part-0001of0002-x-00001.parquet.456.tmp"]
 
 
-def _write_part(directory: Path, shard: Shard, rows: list[dict[str, object]]) -> None:
+def _write_part(directory: Path, shard: Shard, rows: list[ResultRow]) -> None:
     """Commit `rows` as one part named for `shard`."""
 
     async def write() -> None:
@@ -176,7 +176,7 @@ def test_one_of_n_tasks_rewrites_only_its_own_parts() -> None:
     assert OutputWriter("out", Shard()).may_rewrite(f"out/{theirs}")
 
 
-def _write_part_with(output: OutputWriter, rows: list[dict[str, object]]) -> None:
+def _write_part_with(output: OutputWriter, rows: list[ResultRow]) -> None:
     """Commit `rows` through a writer on `output`."""
 
     async def write() -> None:
