@@ -27,31 +27,58 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("job", help="the job spec (YAML)")
-        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                         help="override a spec value, e.g. --set limits.concurrency=8")
+        sub.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            help="override a spec value, e.g. --set limits.concurrency=8",
+        )
         return sub
 
     run = command("run", "Run the job to completion, resuming from what output.path already holds.")
     run.add_argument("--limit", type=int, default=None, help="send at most N pending rows")
     run.add_argument("--retry-errors", action="store_true", help="send error rows again and replace them")
     changed = run.add_mutually_exclusive_group()
-    changed.add_argument("--refresh", action="store_true",
-                         help="send rows whose request changed since they were answered again, replacing their answers")
-    changed.add_argument("--keep", action="store_true",
-                         help="keep the answers of rows whose request changed; send only pending rows")
-    run.add_argument("--shard", default=None, metavar="I/N",
-                     help="run task I of N (default: CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT)")
+    changed.add_argument(
+        "--refresh",
+        action="store_true",
+        help="send rows whose request changed since they were answered again, replacing their answers",
+    )
+    changed.add_argument(
+        "--keep", action="store_true", help="keep the answers of rows whose request changed; send only pending rows"
+    )
+    run.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run task I of N (default: CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT)",
+    )
     run.add_argument("--log-interval", type=float, default=10.0, help="seconds between JSON progress lines")
     command("validate", "Check the spec and the input; print the row count and the first request.")
-    estimate = command("estimate", "Rows, tokens, the cost range per consumption option and the time at the limits; "
-                       "reads the input, sends nothing.")
-    estimate.add_argument("--sample", type=int, default=None, metavar="N",
-                          help="read only the first N rows and scale the figures to the whole input")
+    estimate = command(
+        "estimate",
+        "Rows, tokens, the cost range per consumption option and the time at the limits; "
+        "reads the input, sends nothing.",
+    )
+    estimate.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="read only the first N rows and scale the figures to the whole input",
+    )
     estimate.add_argument("--json", action="store_true", help="print JSON")
     status = command("status", "Done / error / pending counts from the output, in total and per shard.")
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument("--shards", type=int, default=None, metavar="N",
-                        help="split the counts as N tasks would (default: from the part files' names)")
+    status.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="split the counts as N tasks would (default: from the part files' names)",
+    )
     report = command("report", "Tokens and cost by traffic_type, errors, latency percentiles, throughput per minute.")
     report.add_argument("--json", action="store_true", help="print JSON")
     export = command("export", "Write the output as one compacted Parquet file (local path or gs://).")
@@ -96,8 +123,10 @@ def _validate(args: argparse.Namespace, spec: JobSpec) -> int:
     prepared = prepare(spec)
     summary = prepared.summary
     print(f"{args.job}: valid")
-    print(f"input: {spec.input.path} ({summary.format}), {summary.rows} rows"
-          + (f", {summary.broken} unreadable (they become input error rows)" if summary.broken else ""))
+    print(
+        f"input: {spec.input.path} ({summary.format}), {summary.rows} rows"
+        + (f", {summary.broken} unreadable (they become input error rows)" if summary.broken else "")
+    )
     print("first request:")
     print(json.dumps(_shorten(prepared.first_request), indent=2, ensure_ascii=False))
     return EXIT_OK
@@ -141,8 +170,10 @@ def _export(args: argparse.Namespace, spec: JobSpec) -> int:
 
     result = export_job(spec, args.destination, join_input=args.join_input)
     note = f", {result['duplicates_dropped']} duplicate ids dropped" if result["duplicates_dropped"] else ""
-    print(f"{result['path']}: {result['rows']:,} rows from {result['parts']:,} part files, "
-          f"{len(result['columns'])} columns{note}")
+    print(
+        f"{result['path']}: {result['rows']:,} rows from {result['parts']:,} part files, "
+        f"{len(result['columns'])} columns{note}"
+    )
     return EXIT_OK
 
 

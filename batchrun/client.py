@@ -64,8 +64,13 @@ class ChatClient:
         self._retry = retry
         self._limits = limits
         self._counters = counters
-        self._transport = open_transport(connection.base_url, timeout_s=retry.timeout_s,
-                                         concurrency=limits.concurrency, direct=direct, headers=connection.headers)
+        self._transport = open_transport(
+            connection.base_url,
+            timeout_s=retry.timeout_s,
+            concurrency=limits.concurrency,
+            direct=direct,
+            headers=connection.headers,
+        )
 
     @property
     def concurrency(self) -> int:

@@ -65,7 +65,11 @@ def _unusable(exc: Exception, key_file: str | None) -> str:
     """Why Application Default Credentials gave nothing, naming the key file when it is the culprit."""
     detail = redact.redact(str(exc))
     if key_file:
-        return (f"the Google credentials file {key_file} (from GOOGLE_APPLICATION_CREDENTIALS) cannot be used: "
-                f"{detail}; create a new key for the service account and point GOOGLE_APPLICATION_CREDENTIALS at it")
-    return ("no Google credentials found: run `gcloud auth application-default login`, set "
-            f"GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run on GCE/Cloud Run ({detail})")
+        return (
+            f"the Google credentials file {key_file} (from GOOGLE_APPLICATION_CREDENTIALS) cannot be used: "
+            f"{detail}; create a new key for the service account and point GOOGLE_APPLICATION_CREDENTIALS at it"
+        )
+    return (
+        "no Google credentials found: run `gcloud auth application-default login`, set "
+        f"GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run on GCE/Cloud Run ({detail})"
+    )

@@ -80,8 +80,9 @@ def connect(spec: EndpointSpec) -> Iterator[Connection]:
         return
     if spec.kind == "openai":
         assert spec.base_url is not None
-        yield Connection(spec.base_url.rstrip("/"), StaticKey(api_key(spec)), is_google=False,
-                         headers=request_headers(spec))
+        yield Connection(
+            spec.base_url.rstrip("/"), StaticKey(api_key(spec)), is_google=False, headers=request_headers(spec)
+        )
         return
     base = spec.base_url.rstrip("/") if spec.base_url else vertex_url(spec)
     yield Connection(base, GoogleTokens.from_environment(), is_google=True, headers=request_headers(spec))
@@ -109,5 +110,9 @@ def _simulated(spec: EndpointSpec) -> Iterator[Connection]:
     with SimulatorThread(config) as simulator:
         info = make_service_account_info(f"{simulator.url}/token")
         credentials = service_account.Credentials.from_service_account_info(info, scopes=[CLOUD_PLATFORM])  # type: ignore[no-untyped-call]
-        yield Connection(vertex_url(spec, host=simulator.url), GoogleTokens(credentials), is_google=True,
-                         headers=request_headers(spec))
+        yield Connection(
+            vertex_url(spec, host=simulator.url),
+            GoogleTokens(credentials),
+            is_google=True,
+            headers=request_headers(spec),
+        )

@@ -1,23 +1,23 @@
 """The exception tree: user mistakes become one clear message, never a traceback.
 
-    BatchrunError                 anything the CLI prints as a message and maps to an exit code
-    ├── SpecError                 the job spec is invalid (exit 2); names the YAML path and the fix
-    ├── InputError                the input cannot be read at all (exit 2); names the file and line/row
-    ├── CredentialsError          the endpoint's API key or Google credentials are missing or unusable (exit 2)
-    ├── OutputError               rows changed and no --refresh/--keep (exit 2), or unwritable (exit 3)
-    ├── StorageError              Cloud Storage: no such bucket, access refused (exit 2), unreachable (exit 3)
-    └── StoppedError              the run stopped early with every finished row saved (exit 3)
+BatchrunError                 anything the CLI prints as a message and maps to an exit code
+├── SpecError                 the job spec is invalid (exit 2); names the YAML path and the fix
+├── InputError                the input cannot be read at all (exit 2); names the file and line/row
+├── CredentialsError          the endpoint's API key or Google credentials are missing or unusable (exit 2)
+├── OutputError               rows changed and no --refresh/--keep (exit 2), or unwritable (exit 3)
+├── StorageError              Cloud Storage: no such bucket, access refused (exit 2), unreachable (exit 3)
+└── StoppedError              the run stopped early with every finished row saved (exit 3)
 
-    RequestError                  one request failed; carried into an `error` row, never raised to the CLI
-    ├── RetryableError            429, 5xx, timeouts, dropped connections: retried with backoff
-    │   ├── RateLimitedError      429 specifically: also slows the pool down
-    │   ├── MalformedResponseError  a 200 that is not a whole answer (not JSON, an error body, no choices)
-    │   └── StreamCutError        a stream that ended before its finish chunk
-    ├── AuthExpiredError          401: the token is refreshed and the request sent again
-    ├── FinalError                400/403/404 and other refusals: never retried
-    └── InvalidOutputError        the answer did not parse or match the schema
+RequestError                  one request failed; carried into an `error` row, never raised to the CLI
+├── RetryableError            429, 5xx, timeouts, dropped connections: retried with backoff
+│   ├── RateLimitedError      429 specifically: also slows the pool down
+│   ├── MalformedResponseError  a 200 that is not a whole answer (not JSON, an error body, no choices)
+│   └── StreamCutError        a stream that ended before its finish chunk
+├── AuthExpiredError          401: the token is refreshed and the request sent again
+├── FinalError                400/403/404 and other refusals: never retried
+└── InvalidOutputError        the answer did not parse or match the schema
 
-    RowInputError                 one row cannot become a request (missing value, unreadable media): an `input` row
+RowInputError                 one row cannot become a request (missing value, unreadable media): an `input` row
 """
 
 from __future__ import annotations
@@ -88,9 +88,7 @@ class RequestError(Exception):
 
     error_type = "request"
 
-    def __init__(
-        self, message: str, *, http_status: int | None = None, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, message: str, *, http_status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.http_status = http_status

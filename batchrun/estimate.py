@@ -56,8 +56,11 @@ def estimate_job(prepared: Prepared, sample: int | None = None) -> dict[str, Any
             entry.update(low=None, high=None, source=None)
         else:
             low = price.cost(figures["prompt_tokens"], 0, 0, 0)
-            entry.update(low=round(low, 6), high=round(low + price.worst(0, figures["answer_tokens_bound"]), 6),
-                         source=price.source)
+            entry.update(
+                low=round(low, 6),
+                high=round(low + price.worst(0, figures["answer_tokens_bound"]), 6),
+                source=price.source,
+            )
         options.append(entry)
     return {
         "job": spec.name,
@@ -68,8 +71,9 @@ def estimate_job(prepared: Prepared, sample: int | None = None) -> dict[str, Any
         "unrenderable_rows": round(unrenderable * scale),
         "tokens": {**figures, "per_row_prompt": round(prompt / rendered, 1) if rendered else None},
         "cost": options,
-        "time": _time(spec.limits.requests_per_minute, spec.limits.tokens_per_minute,
-                      round(rendered * scale), budget * scale),
+        "time": _time(
+            spec.limits.requests_per_minute, spec.limits.tokens_per_minute, round(rendered * scale), budget * scale
+        ),
     }
 
 
@@ -85,8 +89,7 @@ def _time(rpm: float | None, tpm: float | None, requests: int, budget: float) ->
 def format_estimate(estimate: dict[str, Any]) -> str:
     """The estimate for a terminal."""
     figures = estimate["tokens"]
-    how = (f"estimated from the first {estimate['rows_read']:,} rows" if estimate["sampled"]
-           else "every row read")
+    how = f"estimated from the first {estimate['rows_read']:,} rows" if estimate["sampled"] else "every row read"
     lines = [
         f"{estimate['job']}: {estimate['rows']:,} rows in {estimate['input']} ({how}; nothing sent)",
         f"prompt tokens: ~{figures['prompt_tokens']:,} (~{figures['per_row_prompt']} a row, 4 characters a token)",
@@ -94,11 +97,24 @@ def format_estimate(estimate: dict[str, Any]) -> str:
     ]
     if estimate["unrenderable_rows"]:
         lines.append(f"rows that render into no request (input error rows): {estimate['unrenderable_rows']:,}")
-    rows = [[o["consumption"], o["traffic_type"], _money(o["low"]), _money(o["high"]),
-             o["source"] or "no price: set report.prices." + o["traffic_type"]] for o in estimate["cost"]]
+    rows = [
+        [
+            o["consumption"],
+            o["traffic_type"],
+            _money(o["low"]),
+            _money(o["high"]),
+            o["source"] or "no price: set report.prices." + o["traffic_type"],
+        ]
+        for o in estimate["cost"]
+    ]
     currency = estimate["cost"][0]["currency"]
-    lines.append(tables.render(f"cost ({currency}): prompts only .. every answer at its bound",
-                               ["consumption", "traffic_type", "low", "high", "price from"], rows))
+    lines.append(
+        tables.render(
+            f"cost ({currency}): prompts only .. every answer at its bound",
+            ["consumption", "traffic_type", "low", "high", "price from"],
+            rows,
+        )
+    )
     time = estimate["time"]
     if time["minutes"] is None:
         lines.append("time: no requests_per_minute or tokens_per_minute set; the pace follows the endpoint's 429s")

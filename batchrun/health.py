@@ -53,8 +53,10 @@ def _connection_cause(exc: BaseException) -> str | None:
         return f"its TLS certificate was refused ({exc.certificate_error}); check endpoint.base_url"
     if isinstance(exc, aiohttp.ClientConnectorSSLError | ssl.SSLError):
         reason = getattr(exc, "reason", None) or getattr(getattr(exc, "os_error", None), "reason", None)
-        return (f"the TLS handshake failed ({reason or exc}), as when base_url says https:// to a server "
-                "that speaks plain http://, or a proxy intercepts TLS")
+        return (
+            f"the TLS handshake failed ({reason or exc}), as when base_url says https:// to a server "
+            "that speaks plain http://, or a proxy intercepts TLS"
+        )
     if isinstance(exc, ConnectionRefusedError) or (
         isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError)
     ):
@@ -103,9 +105,11 @@ class EndpointHealth:
         self._unreachable += 1
         self._cause = cause
         if self._unreachable >= UNREACHABLE_AFTER and self.verdict is None:
-            self._give_up(f"cannot reach the endpoint at {self._where}: {cause}; {self._unreachable} attempts, "
-                          "none answered. The rows tried are not saved: running again once the endpoint is "
-                          "reachable sends them")
+            self._give_up(
+                f"cannot reach the endpoint at {self._where}: {cause}; {self._unreachable} attempts, "
+                "none answered. The rows tried are not saved: running again once the endpoint is "
+                "reachable sends them"
+            )
 
     def attempt_succeeded(self) -> None:
         """An answer with a result: the endpoint works, and every held row is an ordinary error."""
@@ -120,8 +124,10 @@ class EndpointHealth:
                 self._held.append(row)
                 refused = sum(1 for held in self._held if held.get("http_status") in REFUSED_STATUSES)
                 if refused >= REFUSED_AFTER:
-                    self._give_up(f"the endpoint refused the first {refused} requests ({row.get('error_message')}); "
-                                  "check the model name, project and permissions")
+                    self._give_up(
+                        f"the endpoint refused the first {refused} requests ({row.get('error_message')}); "
+                        "check the model name, project and permissions"
+                    )
             return []
         return [*self.release(), row]
 
@@ -129,8 +135,9 @@ class EndpointHealth:
         """The held rows, once the endpoint has proved itself; none before."""
         if not self._held or self.verdict is not None:
             return []
-        proved = self._succeeded or (self._answered and all(
-            held.get("http_status") not in REFUSED_STATUSES for held in self._held))
+        proved = self._succeeded or (
+            self._answered and all(held.get("http_status") not in REFUSED_STATUSES for held in self._held)
+        )
         if not proved:
             return []
         held, self._held = self._held, []
@@ -140,10 +147,15 @@ class EndpointHealth:
         """At the end of the pool: rows still held mean every one failed for the endpoint's reason, not its own."""
         if self._held and self.verdict is None:
             first = self._held[0]
-            cause = (f"could not reach {self._where}: {self._cause}" if first.get("http_status") is None
-                     else f"{first.get('error_message')}; check the model name, project and permissions")
-            self.verdict = (f"every one of the {len(self._held)} rows sent failed for the same reason, the endpoint's: "
-                            f"{cause}. They are not saved; fix it and run again to send them")
+            cause = (
+                f"could not reach {self._where}: {self._cause}"
+                if first.get("http_status") is None
+                else f"{first.get('error_message')}; check the model name, project and permissions"
+            )
+            self.verdict = (
+                f"every one of the {len(self._held)} rows sent failed for the same reason, the endpoint's: "
+                f"{cause}. They are not saved; fix it and run again to send them"
+            )
 
     @property
     def held(self) -> int:

@@ -125,7 +125,7 @@ class Journal:
             try:
                 view = memoryview(line)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -141,7 +141,7 @@ class Journal:
     def release(self, sealed: int) -> None:
         """Remove segments up to `sealed`: a committed part holds their rows now."""
         for path in segments(self._directory, self._name):
-            if int(path[-len(SUFFIX) - 5: -len(SUFFIX)]) <= sealed:
+            if int(path[-len(SUFFIX) - 5 : -len(SUFFIX)]) <= sealed:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
 

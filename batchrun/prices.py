@@ -36,7 +36,9 @@ class Price:
     def cost(self, prompt: int, cached: int, output: int, reasoning: int) -> float:
         """The cost of these token counts (`cached` are the part of `prompt` served from the cache)."""
         return (
-            (prompt - cached) * self.input + cached * self.cached_input + output * self.output
+            (prompt - cached) * self.input
+            + cached * self.cached_input
+            + output * self.output
             + reasoning * self.reasoning
         ) / _PER_MILLION
 
@@ -111,8 +113,13 @@ class PriceBook:
     def describe(self) -> dict[str, dict[str, Any]]:
         """Every price and its source, for reports."""
         return {
-            name: {"input": p.input, "cached_input": p.cached_input, "output": p.output, "reasoning": p.reasoning,
-                   "source": p.source}
+            name: {
+                "input": p.input,
+                "cached_input": p.cached_input,
+                "output": p.output,
+                "reasoning": p.reasoning,
+                "source": p.source,
+            }
             for name, p in sorted(self.prices.items())
         }
 

@@ -151,9 +151,7 @@ class Reporter:
 
     def start(self) -> None:
         """Begin reporting in the background."""
-        self._task = asyncio.get_running_loop().create_task(
-            self._live() if self._interactive else self._lines()
-        )
+        self._task = asyncio.get_running_loop().create_task(self._live() if self._interactive else self._lines())
 
     async def stop(self, outcome: str = "finished") -> None:
         """Stop reporting and print the summary, saying whether the run finished or stopped."""
@@ -174,8 +172,9 @@ class Reporter:
         figures = c.figures()
         elapsed = figures["elapsed_s"]
         rate = c.done / elapsed if elapsed > 0 else 0.0
-        figures.update(rows_per_s=round(rate, 2), tokens=c.tokens, output=self._output,
-                       rows_left_by_limit=c.left_after())
+        figures.update(
+            rows_per_s=round(rate, 2), tokens=c.tokens, output=self._output, rows_left_by_limit=c.left_after()
+        )
         lines = [
             f"{_shortened(self._job) if short_name else self._job}: {outcome} after {_clock(elapsed)}, "
             f"{figures['rows_done']:,}/{figures['rows_total']:,} rows done",
@@ -225,8 +224,11 @@ class Reporter:
         name = _shortened(self._job)
         bar_width = max(width - len(name) - len(count) - 3, 5)
         top = Table.grid(padding=(0, 1))
-        top.add_row(Text(name, style="bold"),
-                    ProgressBar(total=max(f["rows_total"], 1), completed=f["rows_done"], width=bar_width), count)
+        top.add_row(
+            Text(name, style="bold"),
+            ProgressBar(total=max(f["rows_total"], 1), completed=f["rows_done"], width=bar_width),
+            count,
+        )
         eta = "--:--" if f["eta_s"] is None else _clock(f["eta_s"])
         figures = (
             f"elapsed {_clock(f['elapsed_s'])}  eta {eta}  {f['requests_per_min']:,.0f} req/min  "

@@ -28,9 +28,7 @@ class _Template:
     def parse(cls, text: str, where: str) -> _Template:
         """Parse `{column}` placeholders; a format mistake is a spec error naming the key."""
         try:
-            fields = tuple(
-                name for _, name, _, _ in string.Formatter().parse(text) if name is not None
-            )
+            fields = tuple(name for _, name, _, _ in string.Formatter().parse(text) if name is not None)
         except ValueError as exc:
             raise SpecError(f"{where}: bad template ({exc}); write literal braces as {{{{ and }}}}") from None
         for name in fields:
@@ -147,7 +145,8 @@ class Renderer:
         part is its column value alone (see `_media_ref`)."""
         openai_style = self.spec.endpoint.kind == "openai"
         parts = [
-            _media_part(m, data.get(m.column), openai_style=openai_style) if read_media
+            _media_part(m, data.get(m.column), openai_style=openai_style)
+            if read_media
             else _media_ref(m, data.get(m.column))
             for m in self.spec.request.media
         ]
@@ -182,7 +181,7 @@ def _with_media(messages: list[dict[str, Any]], parts: list[dict[str, Any]], col
             continue
         content = message.get("content")
         own = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
-        return [*messages[:index], {**message, "content": [*own, *parts]}, *messages[index + 1:]]
+        return [*messages[:index], {**message, "content": [*own, *parts]}, *messages[index + 1 :]]
     raise RowInputError(f"column '{column}' has no user message to attach request.media to")
 
 

@@ -33,8 +33,17 @@ if TYPE_CHECKING:
 _HASH_CHARS = 32
 _ENDPOINT_KEYS = ("kind", "project", "location", "endpoint_id", "api_version", "base_url")
 # What reruns read of each saved row: enough to compare it and to say what re-sending it would cost.
-SAVED_COLUMNS = ["id", "status", "attempts", "request_hash", "prompt_tokens", "completion_tokens", "reasoning_tokens",
-                 "total_tokens", "traffic_type"]
+SAVED_COLUMNS = [
+    "id",
+    "status",
+    "attempts",
+    "request_hash",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "traffic_type",
+]
 
 
 class RequestHasher:
@@ -144,10 +153,14 @@ def compare(spec: JobSpec, saved: SavedOutput, shard: Shard) -> Comparison:
         inputs.join(stored, on="id", how="full", coalesce=True)
         .join(pl.DataFrame(current, schema={"id": pl.String, "current": pl.String}), on="id", how="left")
         .with_columns(
-            pl.when(pl.col("status").is_null()).then(pl.lit("pending"))
-            .when(pl.col("in_input").is_null()).then(pl.lit("gone"))
-            .when(pl.col("request_hash").is_null() | (pl.col("request_hash") == pl.col("current"))).then(pl.lit("done"))
-            .when(pl.col("status") == "ok").then(pl.lit("changed"))
+            pl.when(pl.col("status").is_null())
+            .then(pl.lit("pending"))
+            .when(pl.col("in_input").is_null())
+            .then(pl.lit("gone"))
+            .when(pl.col("request_hash").is_null() | (pl.col("request_hash") == pl.col("current")))
+            .then(pl.lit("done"))
+            .when(pl.col("status") == "ok")
+            .then(pl.lit("changed"))
             .otherwise(pl.lit("pending"))
             .alias("state")
         )
@@ -173,8 +186,15 @@ class Plan:
 
 
 def decide(
-    comparison: Comparison, spec: JobSpec, *, refresh: bool, keep: bool, retry_errors: bool,
-    recorded: dict[str, Any] | None, kept_before: bool, rewritable: Callable[[str], bool],
+    comparison: Comparison,
+    spec: JobSpec,
+    *,
+    refresh: bool,
+    keep: bool,
+    retry_errors: bool,
+    recorded: dict[str, Any] | None,
+    kept_before: bool,
+    rewritable: Callable[[str], bool],
 ) -> Plan:
     """Decide the run from the comparison, or refuse (exit 2) when rows changed and neither flag says what to do."""
     import polars as pl
@@ -200,14 +220,23 @@ def decide(
     skip = placed.filter(~again | ~pl.col("rewritable")).get_column("id")
     notes = []
     if changed:
-        how = ("--refresh: sending them again" if refresh
-               else "--keep: their old answers stay" if keep else "kept, as --keep asked for this spec before")
+        how = (
+            "--refresh: sending them again"
+            if refresh
+            else "--keep: their old answers stay"
+            if keep
+            else "kept, as --keep asked for this spec before"
+        )
         notes.append(f"{changed} saved rows changed since they were answered; {how}")
     if gone:
         notes.append(f"{gone} saved rows have ids no longer in the input; they leave the output")
-    return Plan(SavedIds(skip), replace.select("id", "part"),
-                placed.filter((pl.col("state") == "gone") & pl.col("rewritable")).select("id", "part"),
-                len(left), notes)
+    return Plan(
+        SavedIds(skip),
+        replace.select("id", "part"),
+        placed.filter((pl.col("state") == "gone") & pl.col("rewritable")).select("id", "part"),
+        len(left),
+        notes,
+    )
 
 
 def answered(held: list[ResultRow], plan: Plan, comparison: Comparison) -> list[ResultRow]:

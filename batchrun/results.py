@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
 
-
 @dataclass(frozen=True, slots=True)
 class Reply:
     """An answer that passed its check, with what the check decoded: nothing is parsed twice."""
@@ -220,8 +219,11 @@ def _tool_calls(message: dict[str, Any]) -> str | None:
     out = []
     for call in calls:
         function = call.get("function") or {}
-        item: dict[str, Any] = {"id": call.get("id"), "name": function.get("name"),
-                                "arguments": function.get("arguments")}
+        item: dict[str, Any] = {
+            "id": call.get("id"),
+            "name": function.get("name"),
+            "arguments": function.get("arguments"),
+        }
         if call.get("extra_content"):
             item["extra_content"] = call["extra_content"]
         out.append(item)
@@ -253,8 +255,7 @@ def _media(response: dict[str, Any]) -> tuple[bytes | None, str | None]:
     try:
         data = base64.b64decode(str(audio["data"]), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidOutputError(f"the answer's media (audio.data) is not valid base64 ({exc})",
-                                 raw=response) from None
+        raise InvalidOutputError(f"the answer's media (audio.data) is not valid base64 ({exc})", raw=response) from None
     mime = ((audio.get("extra_content") or {}).get("google") or {}).get("mime_type") or audio.get("format")
     return data, mime
 

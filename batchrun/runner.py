@@ -176,8 +176,14 @@ class Runner:
             counters.cost, counters.currency = 0.0, limits.cost.currency
         with connect(self.spec.endpoint) as connection:
             self.health.connected(connection.base_url)
-            client = ChatClient(connection, self.spec.retry, limits, counters,
-                                direct=self.spec.endpoint.transport == "direct", health=self.health)
+            client = ChatClient(
+                connection,
+                self.spec.retry,
+                limits,
+                counters,
+                direct=self.spec.endpoint.transport == "direct",
+                health=self.health,
+            )
             writer.start()
             reporter.start()
             with PacedCollector():
@@ -205,14 +211,25 @@ class Runner:
             return CostCap(math.inf, book, []) if book.prices else None
         spent = await asyncio.to_thread(self._saved_cost, book)
         ledger = CostCap(cap * self.options.shard.share, book, may_serve(self.spec), spent=spent)
-        self.reporter.note("INFO", f"{self.spec.name}: limits.max_cost {ledger.limit:g} {book.currency}, "
-                           f"{spent:.4f} spent by the rows already saved", cost_saved=round(spent, 6))
+        self.reporter.note(
+            "INFO",
+            f"{self.spec.name}: limits.max_cost {ledger.limit:g} {book.currency}, "
+            f"{spent:.4f} spent by the rows already saved",
+            cost_saved=round(spent, 6),
+        )
         return ledger
 
     def _saved_cost(self, book: PriceBook) -> float:
         """What the rows this shard already saved cost (an unpriced row counts as nothing: it cannot be known)."""
-        columns = ["id", "traffic_type", "prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens",
-                   "cached_tokens"]
+        columns = [
+            "id",
+            "traffic_type",
+            "prompt_tokens",
+            "completion_tokens",
+            "reasoning_tokens",
+            "total_tokens",
+            "cached_tokens",
+        ]
         owns = self.options.shard.owns
         return sum(book.cost(row_usage(row)) or 0.0 for row in self.output.saved.scan(columns) if owns(row["id"]))
 
@@ -227,9 +244,16 @@ class Runner:
         recorded = output.saved.meta()
         record = job_record(self.spec, self.prepared.summary.identity)
         kept_before = recorded is not None and recorded.get("kept") == keep_key(record)
-        plan = decide(comparison, self.spec, refresh=options.refresh, keep=options.keep,
-                      retry_errors=options.retry_errors, recorded=recorded, kept_before=kept_before,
-                      rewritable=output.may_rewrite)
+        plan = decide(
+            comparison,
+            self.spec,
+            refresh=options.refresh,
+            keep=options.keep,
+            retry_errors=options.retry_errors,
+            recorded=recorded,
+            kept_before=kept_before,
+            rewritable=output.may_rewrite,
+        )
         if options.keep or kept_before:
             record["kept"] = keep_key(record)
         output.record_job(record)
@@ -244,9 +268,12 @@ class Runner:
             retried = plan.replace.join(comparison.rows.filter(pl.col("status") == "error"), on="id").height
             self.reporter.note("INFO", f"--retry-errors: {retried} error rows will be sent again")
         if plan.left:
-            self.reporter.note("WARNING", f"{plan.left} rows of this shard to send again are in parts written by a "
-                               "job with another task count and stay; run the same command as one task (no --shard, "
-                               "no CLOUD_RUN_TASK_COUNT) to send them again")
+            self.reporter.note(
+                "WARNING",
+                f"{plan.left} rows of this shard to send again are in parts written by a "
+                "job with another task count and stay; run the same command as one task (no --shard, "
+                "no CLOUD_RUN_TASK_COUNT) to send them again",
+            )
         return plan.skip.adding([row["id"] for row in reused]), len(reused)
 
     async def _exit_code(self, writer: PartWriter, limited: bool) -> int:
@@ -258,8 +285,7 @@ class Runner:
         if self._stop_reason is not None:
             raise StoppedError(
                 f"{self._stop_reason}; {writer.rows_written} rows saved this run, "
-                f"{self.counters.total - self.counters.already_done - self.counters.done} pending. "
-                + self._resume_hint
+                f"{self.counters.total - self.counters.already_done - self.counters.done} pending. " + self._resume_hint
             )
         if limited:
             return 0  # the summary said how many rows --limit leaves
@@ -324,8 +350,9 @@ class Runner:
                 producer.cancel()
                 in_flight: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
                 hurry = asyncio.create_task(self._hurry.wait())
-                await asyncio.wait([in_flight, hurry], timeout=self.options.grace_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    [in_flight, hurry], timeout=self.options.grace_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 hurry.cancel()
                 _raise_failures(workers)
         finally:
@@ -334,9 +361,7 @@ class Runner:
             await asyncio.gather(*workers, producer, stop_wait, return_exceptions=True)
         return limited
 
-    async def _produce(
-        self, queue: RowQueue, writer: PartWriter, done: SavedIds, client: ChatClient
-    ) -> bool:
+    async def _produce(self, queue: RowQueue, writer: PartWriter, done: SavedIds, client: ChatClient) -> bool:
         """Stream pending rows of this shard into the queue; rows that cannot render become input errors."""
         await client.first_token()
         owns = self.options.shard.owns
@@ -366,9 +391,7 @@ class Runner:
                 await asyncio.sleep(0)  # one woken worker at a time: 2,000 starting at once would stall the loop
         return False
 
-    async def _worker(
-        self, queue: RowQueue, client: ChatClient, writer: PartWriter
-    ) -> None:
+    async def _worker(self, queue: RowQueue, client: ChatClient, writer: PartWriter) -> None:
         """Take rows until told to stop; each becomes exactly one row for the writer."""
         while not self._stopping.is_set():
             item = await queue.get()
@@ -411,8 +434,9 @@ class Runner:
             self.stop(exc.message)
             return None
         self.counters.tokens += int((answer.reply.response.get("usage") or {}).get("total_tokens") or 0)
-        row = builder.ok(record.id, answer.reply, attempts=answer.attempts,
-                         latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms)
+        row = builder.ok(
+            record.id, answer.reply, attempts=answer.attempts, latency_ms=answer.latency_ms, ttft_ms=answer.ttft_ms
+        )
         row["request_hash"] = self.hasher.of_sent(record, body)
         return row, None
 
@@ -429,9 +453,7 @@ class Runner:
             )
         return self._line_builders[key]
 
-    def _finish(
-        self, writer: PartWriter, row: ResultRow, error: RequestError | None = None, *, record: Record
-    ) -> None:
+    def _finish(self, writer: PartWriter, row: ResultRow, error: RequestError | None = None, *, record: Record) -> None:
         """A finished row, with its request_hash and kept columns, to the writer, unless the endpoint health watch
         holds it back."""
         if row.get("request_hash") is None:
@@ -475,4 +497,3 @@ def run_job(spec: JobSpec, options: RunOptions) -> int:
     pa.set_memory_pool(pa.system_memory_pool())
     prepared = prepare(spec, options.shard)
     return asyncio.run(Runner(prepared, options).run())
-

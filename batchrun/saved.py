@@ -96,15 +96,16 @@ class SavedOutput:
         runs = [pl.Series("id", [], dtype=pl.String)]
         with ThreadPoolExecutor(max_workers=_READERS) as pool:
             for start in range(0, len(parts), _ID_BATCH):
-                columns = pool.map(_ids, parts[start: start + _ID_BATCH])
+                columns = pool.map(_ids, parts[start : start + _ID_BATCH])
                 runs.append(pl.concat(columns).sort())
         return pl.concat(runs).sort()
 
     def holding(self, ids: set[str]) -> set[str]:
         """Which of `ids` a committed part already holds."""
         with ThreadPoolExecutor(max_workers=_READERS) as pool:
-            found = pool.map(lambda part: ids.intersection(storage.read_parquet(part, ["id"]).column("id").to_pylist()),
-                             self.parts())
+            found = pool.map(
+                lambda part: ids.intersection(storage.read_parquet(part, ["id"]).column("id").to_pylist()), self.parts()
+            )
             return set().union(*found)
 
     def count_ids(self, owns: Callable[[str], bool] | None = None) -> int:

@@ -91,7 +91,8 @@ class OutputWriter:
             if not same_job(self.saved.meta(), record):
                 raise OutputError(
                     f"{self.path}: cannot write to the output directory ({exc.strerror or exc}); "
-                    "free space or fix permissions and run again", unwritable=True
+                    "free space or fix permissions and run again",
+                    unwritable=True,
                 ) from None
 
     def _clean_temp(self) -> int:
@@ -126,8 +127,9 @@ class OutputWriter:
                 saved.filter(pl.col("status") == "error").select("id", "attempts"), on="id"
             )
             self.replaced_attempts.update(
-                zip(errors.get_column("id").to_list(), errors.get_column("attempts").fill_null(0).to_list(),
-                    strict=True)
+                zip(
+                    errors.get_column("id").to_list(), errors.get_column("attempts").fill_null(0).to_list(), strict=True
+                )
             )
 
     def drop(self, placed: pl.DataFrame, parts: list[str]) -> None:
@@ -255,9 +257,11 @@ class PartWriter:
             raise self._failure
         if self._journal is not None and self._journal.failure is not None:
             exc = self._journal.failure
-            self._failure = OutputError(f"{self._output.path}: writing the answer journal failed "
-                                        f"({exc.strerror or exc}); free space or fix permissions and run again",
-                                        unwritable=True)
+            self._failure = OutputError(
+                f"{self._output.path}: writing the answer journal failed "
+                f"({exc.strerror or exc}); free space or fix permissions and run again",
+                unwritable=True,
+            )
             raise self._failure
         self._buffer.append(row)
         if self._journal is not None:

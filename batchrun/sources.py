@@ -188,8 +188,7 @@ class Source:
                     row += 1
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(
-                f"{self.path}: Parquet data unreadable after row {row} ({exc}); "
-                "the file is damaged: regenerate it"
+                f"{self.path}: Parquet data unreadable after row {row} ({exc}); the file is damaged: regenerate it"
             ) from None
 
     def summarize(self, keep_columns: list[str], owns: Callable[[str], bool] | None = None) -> InputSummary:

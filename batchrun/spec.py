@@ -69,9 +69,7 @@ class EndpointSpec(_Strict):
             if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
                 raise ValueError(f"{name!r} is not a valid HTTP header name")
             if name.lower() in _OWN_HEADERS:
-                raise ValueError(
-                    f"{name} is set by batchrun itself ({_OWN_HEADERS[name.lower()]}); remove it"
-                )
+                raise ValueError(f"{name} is set by batchrun itself ({_OWN_HEADERS[name.lower()]}); remove it")
         return value
 
     @model_validator(mode="after")

@@ -46,9 +46,16 @@ _DELAY = re.compile(r"^\s*([0-9.]+)\s*s?\s*$")
 _ERROR_TEXT_CHARS = 300
 _DROPPED = ("disconnect", "reset", "refused", "closed", "broken pipe")
 _RPC_STATUS = {  # google.rpc.Code names an error event may carry instead of an HTTP code
-    "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "INTERNAL": 500,
-    "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
 }
 
 
@@ -68,8 +75,9 @@ class Transport(Protocol):
         """No rows are left to send: close each connection as its answer arrives."""
 
 
-def open_transport(base_url: str, *, timeout_s: float, concurrency: int, direct: bool,
-                   headers: Mapping[str, str] | None = None) -> Transport:
+def open_transport(
+    base_url: str, *, timeout_s: float, concurrency: int, direct: bool, headers: Mapping[str, str] | None = None
+) -> Transport:
     """The transport `endpoint.transport` names: `direct` (aiohttp, the SDK for streams) or `openai`;
     `headers` go on every request."""
     kind = DirectTransport if direct else SdkTransport
@@ -80,8 +88,9 @@ class SdkTransport:
     """Every request through the openai SDK, imported and built on first use (its import alone costs
     half a second of CPU)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float, connections: int,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float, connections: int, headers: Mapping[str, str] | None = None
+    ) -> None:
         self._base_url = base_url
         self._timeout_s = timeout_s
         self._connections = connections
@@ -115,9 +124,14 @@ class SdkTransport:
         assembler = StreamAssembler()
         ttft: float | None = None
         try:
-            stream = await self._sdk().post("/chat/completions", cast_to=object, body=body,
-                                            options=self._options(token), stream=True,
-                                            stream_cls=openai.AsyncStream[object])
+            stream = await self._sdk().post(
+                "/chat/completions",
+                cast_to=object,
+                body=body,
+                options=self._options(token),
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
+            )
             if "json" in stream.response.headers.get("content-type", ""):
                 raw = await stream.response.aread()
                 return decode(raw), (time.perf_counter() - started) * 1000
@@ -150,8 +164,9 @@ class SdkTransport:
                 max_retries=0,
                 timeout=self._timeout_s,
                 http_client=openai.DefaultAioHttpClient(
-                    limits=httpx2.Limits(max_connections=self._connections,
-                                         max_keepalive_connections=self._connections),
+                    limits=httpx2.Limits(
+                        max_connections=self._connections, max_keepalive_connections=self._connections
+                    ),
                 ),
             )
         return self._client
@@ -160,15 +175,20 @@ class SdkTransport:
 class DirectTransport:
     """Non-streamed requests as plain aiohttp POSTs (the hot path); streams through an SdkTransport."""
 
-    def __init__(self, base_url: str, *, timeout_s: float, connections: int,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float, connections: int, headers: Mapping[str, str] | None = None
+    ) -> None:
         self._timeout_s = timeout_s
         self._connections = connections
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._proxy = _env_proxy(self._url)
         self._target = yarl.URL(self._url)  # parsed once, not per request
-        self._headers = {"Accept": "application/json", "Content-Type": "application/json",
-                         "User-Agent": f"batchrun/{__version__} aiohttp/{aiohttp.__version__}", **(headers or {})}
+        self._headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"batchrun/{__version__} aiohttp/{aiohttp.__version__}",
+            **(headers or {}),
+        }
         self._session: aiohttp.ClientSession | None = None
         self._streams = SdkTransport(base_url, timeout_s=timeout_s, connections=connections, headers=headers)
         self._auth: tuple[str, CIMultiDict[str]] = ("", CIMultiDict())
@@ -211,8 +231,9 @@ class DirectTransport:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._connections)
             timeout = aiohttp.ClientTimeout(total=self._timeout_s)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                                  cookie_jar=aiohttp.DummyCookieJar())
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()
+            )
         return self._session
 
     def _headers_for(self, token: str) -> CIMultiDict[str]:

@@ -31,8 +31,7 @@ def bodies(n: int) -> Iterator[dict[str, Any]]:
     for row in review_rows(n):
         yield {
             "model": MODEL,
-            "messages": [{"role": "system", "content": SYSTEM},
-                         {"role": "user", "content": PROMPT.format(**row)}],
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT.format(**row)}],
             "temperature": 0,
             "max_tokens": 256,
         }

@@ -31,10 +31,49 @@ SYSTEM = "You classify product reviews."
 PROMPT = "Review of a {product}: {text}\nAnswer positive, negative or neutral."
 PRODUCTS = ["headphones", "backpack", "kettle", "phone case", "desk lamp", "running shoes", "blender"]
 WORDS = [
-    "great", "value", "fast", "shipping", "terrible", "broke", "after", "two", "days", "refund", "fits",
-    "love", "this", "would", "recommend", "poor", "quality", "returned", "it", "works", "as", "described",
-    "battery", "lasts", "all", "day", "arrived", "late", "box", "was", "damaged", "sound", "is", "clear",
-    "comfortable", "to", "wear", "cheap", "plastic", "exactly", "what", "I", "needed",
+    "great",
+    "value",
+    "fast",
+    "shipping",
+    "terrible",
+    "broke",
+    "after",
+    "two",
+    "days",
+    "refund",
+    "fits",
+    "love",
+    "this",
+    "would",
+    "recommend",
+    "poor",
+    "quality",
+    "returned",
+    "it",
+    "works",
+    "as",
+    "described",
+    "battery",
+    "lasts",
+    "all",
+    "day",
+    "arrived",
+    "late",
+    "box",
+    "was",
+    "damaged",
+    "sound",
+    "is",
+    "clear",
+    "comfortable",
+    "to",
+    "wear",
+    "cheap",
+    "plastic",
+    "exactly",
+    "what",
+    "I",
+    "needed",
 ]
 
 
@@ -57,7 +96,11 @@ class SimProcess:
         with self._log.open("wb") as stderr:
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "batchrun.simulator", "--port", "0", "--config", json.dumps(config)],
-                stdout=subprocess.PIPE, stderr=stderr, env=child_env(), cwd=REPO, text=True,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=child_env(),
+                cwd=REPO,
+                text=True,
             )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -126,8 +169,7 @@ class Measured:
     stderr: str
 
 
-def measure(
-    args: list[str], *, cwd: Path, timeout: float, kill_when: Any = None) -> Measured:
+def measure(args: list[str], *, cwd: Path, timeout: float, kill_when: Any = None) -> Measured:
     """Run a child to the end (or SIGKILL it when `kill_when()` turns true) and read its rusage."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
@@ -173,8 +215,12 @@ def review_rows(n: int, seed: int = 7, words: tuple[int, int] = (6, 30)) -> Any:
     low, high = math.log(words[0]), math.log(words[1])
     for i in range(n):
         text = rng.choices(WORDS, k=round(math.exp(rng.uniform(low, high))))
-        yield {"review_id": f"r{i:08d}", "product": rng.choice(PRODUCTS), "stars": rng.randint(1, 5),
-               "text": " ".join(text).capitalize() + "."}
+        yield {
+            "review_id": f"r{i:08d}",
+            "product": rng.choice(PRODUCTS),
+            "stars": rng.randint(1, 5),
+            "text": " ".join(text).capitalize() + ".",
+        }
 
 
 def write_jsonl(path: Path, n: int, words: tuple[int, int] = (6, 30)) -> Path:
@@ -190,8 +236,9 @@ def write_parquet(path: Path, n: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("review_id", pa.string()), ("product", pa.string()), ("stars", pa.int64()),
-                        ("text", pa.string())])
+    schema = pa.schema(
+        [("review_id", pa.string()), ("product", pa.string()), ("stars", pa.int64()), ("text", pa.string())]
+    )
     rows = review_rows(n)
     with pq.ParquetWriter(path, schema) as writer:
         while True:

@@ -46,11 +46,34 @@ def main() -> None:
     spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
     with tempfile.TemporaryDirectory(prefix="batchrun-profile-") as tmp, SimProcess(latency_s=args.latency) as sim:
         directory = Path(tmp)
-        spec = write_spec(directory, sim.url, write_jsonl(directory / "in.jsonl", args.rows),
-                          limits={"concurrency": args.concurrency}, endpoint={"transport": args.transport})
+        spec = write_spec(
+            directory,
+            sim.url,
+            write_jsonl(directory / "in.jsonl", args.rows),
+            limits={"concurrency": args.concurrency},
+            endpoint={"transport": args.transport},
+        )
         samples = directory / "samples.txt"
-        result = measure([spy, "record", "--rate", "250", "--format", "raw", "--output", str(samples), "--",
-                          PYTHON, "-m", "batchrun", "run", str(spec)], cwd=directory, timeout=1_800)
+        result = measure(
+            [
+                spy,
+                "record",
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(samples),
+                "--",
+                PYTHON,
+                "-m",
+                "batchrun",
+                "run",
+                str(spec),
+            ],
+            cwd=directory,
+            timeout=1_800,
+        )
         if result.rc != 0:
             sys.exit(f"profiling failed ({result.rc}): {result.stderr[-2000:]}")
         shares: collections.Counter[str] = collections.Counter()
@@ -65,9 +88,11 @@ def main() -> None:
                 area = next((name for frame in reversed(frames) for name, key in AREAS if key in frame), "other")
             shares[area] += int(count)
     total = sum(shares.values())
-    print(f"{args.rows:,} rows, concurrency {args.concurrency}, latency {args.latency} s, transport "
-          f"{args.transport}: {result.cpu_s / args.rows * 1000:.2f} ms CPU per request under py-spy, "
-          f"{total:,} samples\n")
+    print(
+        f"{args.rows:,} rows, concurrency {args.concurrency}, latency {args.latency} s, transport "
+        f"{args.transport}: {result.cpu_s / args.rows * 1000:.2f} ms CPU per request under py-spy, "
+        f"{total:,} samples\n"
+    )
     print("| share | area |\n|---|---|")
     for name, count in shares.most_common():
         print(f"| {count / total:.1%} | {name} |")

@@ -96,14 +96,21 @@ def overhead(quick: bool) -> list[Figure]:
     rows = 3_000 if quick else 20_000
     cpu: dict[str, float] = {}
     loop_cpu: dict[str, float] = {}
-    baselines = {"default": ["--client", "default"], "gather": ["--client", "default", "--loop", "gather"],
-                 "aiohttp": ["--client", "aiohttp"], "lean": ["--client", "lean"]}
+    baselines = {
+        "default": ["--client", "default"],
+        "gather": ["--client", "default", "--loop", "gather"],
+        "aiohttp": ["--client", "aiohttp"],
+        "lean": ["--client", "lean"],
+    }
     with scratch("overhead") as directory, SimProcess() as sim:
         source = write_jsonl(directory / "in.jsonl", rows)
         sim_before = sim.cpu_seconds()
         for name, flags in baselines.items():
-            result = measure([PYTHON, str(REPO / "bench" / "baseline.py"), sim.url, "--rows", str(rows), *flags],
-                             cwd=directory, timeout=900)
+            result = measure(
+                [PYTHON, str(REPO / "bench" / "baseline.py"), sim.url, "--rows", str(rows), *flags],
+                cwd=directory,
+                timeout=900,
+            )
             assert result.rc == 0 and json.loads(result.stdout)["answered"] == rows, result.stderr[-2000:]
             cpu[name] = result.cpu_s
             loop_cpu[name] = json.loads(result.stdout)["loop_cpu_s"]
@@ -120,25 +127,76 @@ def overhead(quick: bool) -> list[Figure]:
     loop_ms = {k: v / rows * 1000 for k, v in loop_cpu.items()}
     ratio = cpu["batchrun-direct"] / cpu["default"]
     context = [
-        Figure("1 overhead", f"CPU ms/request: bare AsyncOpenAI loop as a user writes it (client and retries as "
-               f"constructed by default, 64 workers), whole process, {rows:,} rows", ms["default"],
-               f"{ms['default']:.2f}", "baseline", None),
-        Figure("1 overhead", "the same, the loop alone (imports and interpreter start left out)", loop_ms["default"],
-               f"{loop_ms['default']:.2f}", "", None),
-        Figure("1 overhead", "CPU ms/request: the same client, a semaphore of 64 and one gather over every row",
-               ms["gather"], f"{ms['gather']:.2f}", "", None),
-        Figure("1 overhead", "CPU ms/request: bare loop, DefaultAioHttpClient", ms["aiohttp"],
-               f"{ms['aiohttp']:.2f}", "", None),
+        Figure(
+            "1 overhead",
+            f"CPU ms/request: bare AsyncOpenAI loop as a user writes it (client and retries as "
+            f"constructed by default, 64 workers), whole process, {rows:,} rows",
+            ms["default"],
+            f"{ms['default']:.2f}",
+            "baseline",
+            None,
+        ),
+        Figure(
+            "1 overhead",
+            "the same, the loop alone (imports and interpreter start left out)",
+            loop_ms["default"],
+            f"{loop_ms['default']:.2f}",
+            "",
+            None,
+        ),
+        Figure(
+            "1 overhead",
+            "CPU ms/request: the same client, a semaphore of 64 and one gather over every row",
+            ms["gather"],
+            f"{ms['gather']:.2f}",
+            "",
+            None,
+        ),
+        Figure(
+            "1 overhead",
+            "CPU ms/request: bare loop, DefaultAioHttpClient",
+            ms["aiohttp"],
+            f"{ms['aiohttp']:.2f}",
+            "",
+            None,
+        ),
         Figure("1 overhead", "CPU ms/request: lean aiohttp + json loop", ms["lean"], f"{ms['lean']:.2f}", "", None),
-        Figure("1 overhead", "CPU ms/request: batchrun, `transport: openai` (every request via the SDK)",
-               ms["batchrun-openai"], f"{ms['batchrun-openai']:.2f}", "", None),
-        Figure("1 overhead", "CPU ms/request: batchrun, `transport: direct` (default), whole process",
-               ms["batchrun-direct"], f"{ms['batchrun-direct']:.2f}", "", None),
-        Figure("1 overhead", "CPU ms/request: the simulator (other process), for reference", sim_per_request * 1000,
-               f"{sim_per_request * 1000:.2f}", "", None),
+        Figure(
+            "1 overhead",
+            "CPU ms/request: batchrun, `transport: openai` (every request via the SDK)",
+            ms["batchrun-openai"],
+            f"{ms['batchrun-openai']:.2f}",
+            "",
+            None,
+        ),
+        Figure(
+            "1 overhead",
+            "CPU ms/request: batchrun, `transport: direct` (default), whole process",
+            ms["batchrun-direct"],
+            f"{ms['batchrun-direct']:.2f}",
+            "",
+            None,
+        ),
+        Figure(
+            "1 overhead",
+            "CPU ms/request: the simulator (other process), for reference",
+            sim_per_request * 1000,
+            f"{sim_per_request * 1000:.2f}",
+            "",
+            None,
+        ),
     ]
-    return [*context, Figure("1 overhead", "batchrun CPU/request ÷ bare AsyncOpenAI loop's (whole processes)", ratio,
-                             f"{ratio:.2f}", "≤ 0.6", ratio <= 0.6)]
+    return [
+        *context,
+        Figure(
+            "1 overhead",
+            "batchrun CPU/request ÷ bare AsyncOpenAI loop's (whole processes)",
+            ratio,
+            f"{ratio:.2f}",
+            "≤ 0.6",
+            ratio <= 0.6,
+        ),
+    ]
 
 
 def latency_bound(quick: bool) -> list[Figure]:
@@ -160,9 +218,21 @@ def latency_bound(quick: bool) -> list[Figure]:
                 for who in ("lean", "batchrun"):
                     sim.reset()
                     if who == "lean":
-                        result = measure([PYTHON, str(REPO / "bench" / "baseline.py"), sim.url, "--rows", str(rows),
-                                          "--client", "lean", "--concurrency", str(concurrency)],
-                                         cwd=directory, timeout=600)
+                        result = measure(
+                            [
+                                PYTHON,
+                                str(REPO / "bench" / "baseline.py"),
+                                sim.url,
+                                "--rows",
+                                str(rows),
+                                "--client",
+                                "lean",
+                                "--concurrency",
+                                str(concurrency),
+                            ],
+                            cwd=directory,
+                            timeout=600,
+                        )
                         assert result.rc == 0, result.stderr[-2000:]
                     else:
                         subprocess.run(["rm", "-rf", str(directory / "out")], check=True)
@@ -173,11 +243,23 @@ def latency_bound(quick: bool) -> list[Figure]:
             ratio, lean = rate["batchrun"] / ideal, rate["lean"] / ideal
             varying = jitter > 0
             figures += [
-                Figure("2 latency-bound", f"{label}: lean aiohttp loop, achieved ÷ (concurrency ÷ latency)", lean,
-                       f"{lean:.3f}", "", None),
-                Figure("2 latency-bound", f"{label}: batchrun, achieved ÷ (concurrency ÷ latency) "
-                       f"({rate['batchrun']:.0f} rows/s, {rows:,} rows, {peak} in flight)", ratio, f"{ratio:.3f}",
-                       "≥ 0.95" if varying else "", ratio >= 0.95 if varying else None),
+                Figure(
+                    "2 latency-bound",
+                    f"{label}: lean aiohttp loop, achieved ÷ (concurrency ÷ latency)",
+                    lean,
+                    f"{lean:.3f}",
+                    "",
+                    None,
+                ),
+                Figure(
+                    "2 latency-bound",
+                    f"{label}: batchrun, achieved ÷ (concurrency ÷ latency) "
+                    f"({rate['batchrun']:.0f} rows/s, {rows:,} rows, {peak} in flight)",
+                    ratio,
+                    f"{ratio:.3f}",
+                    "≥ 0.95" if varying else "",
+                    ratio >= 0.95 if varying else None,
+                ),
             ]
     return figures
 
@@ -196,8 +278,12 @@ def rate_adherence(quick: bool) -> list[Figure]:
     for quota in (3_000, 30_000):
         rows = int(quota * minutes)
         with scratch(f"rpm{quota}") as directory, SimProcess(rpm_quota=quota, latency_s=0.05) as sim:
-            write_spec(directory, sim.url, write_jsonl(directory / "in.jsonl", rows),
-                       limits={"requests_per_minute": quota, "concurrency": 256})
+            write_spec(
+                directory,
+                sim.url,
+                write_jsonl(directory / "in.jsonl", rows),
+                limits={"requests_per_minute": quota, "concurrency": 256},
+            )
             run_job(directory, 60 * minutes + 240)
             times, statuses = sim.arrivals()
         ok = [t for t, s in zip(times, statuses, strict=True) if s == 200]
@@ -206,12 +292,30 @@ def rate_adherence(quick: bool) -> list[Figure]:
         busiest = most_in_any_minute(times) / quota
         label = f"{quota:,}/min, {rows:,} rows"
         figures += [
-            Figure("3 rate adherence", f"{label}: achieved ÷ quota", achieved, f"{achieved:.3f}", "≥ 0.97",
-                   achieved >= 0.97),
-            Figure("3 rate adherence", f"{label}: requests answered 429", refused, f"{refused:.2%}", "≤ 0.5%",
-                   refused <= 0.005),
-            Figure("3 rate adherence", f"{label}: most requests sent in any 60 s ÷ quota", busiest,
-                   f"{busiest:.3f}", "≤ 1", busiest <= 1),
+            Figure(
+                "3 rate adherence",
+                f"{label}: achieved ÷ quota",
+                achieved,
+                f"{achieved:.3f}",
+                "≥ 0.97",
+                achieved >= 0.97,
+            ),
+            Figure(
+                "3 rate adherence",
+                f"{label}: requests answered 429",
+                refused,
+                f"{refused:.2%}",
+                "≤ 0.5%",
+                refused <= 0.005,
+            ),
+            Figure(
+                "3 rate adherence",
+                f"{label}: most requests sent in any 60 s ÷ quota",
+                busiest,
+                f"{busiest:.3f}",
+                "≤ 1",
+                busiest <= 1,
+            ),
         ]
     return figures
 
@@ -229,10 +333,12 @@ def adaptive(quick: bool) -> list[Figure]:
     refused = statuses.count(429) / len(statuses)
     label = f"{quota:,}/min unknown, {rows:,} rows"
     return [
-        Figure("4 adaptive rate", f"{label}: achieved ÷ quota", achieved, f"{achieved:.3f}", "≥ 0.90",
-               achieved >= 0.90),
-        Figure("4 adaptive rate", f"{label}: requests answered 429", refused, f"{refused:.2%}", "≤ 3%",
-               refused <= 0.03),
+        Figure(
+            "4 adaptive rate", f"{label}: achieved ÷ quota", achieved, f"{achieved:.3f}", "≥ 0.90", achieved >= 0.90
+        ),
+        Figure(
+            "4 adaptive rate", f"{label}: requests answered 429", refused, f"{refused:.2%}", "≤ 3%", refused <= 0.03
+        ),
     ]
 
 
@@ -241,8 +347,12 @@ def tokens_per_minute(quick: bool) -> list[Figure]:
     budget = 150_000
     rows = 300 if quick else 600
     with scratch("tpm") as directory, SimProcess(tpm_quota=budget, latency_s=0.05) as sim:
-        write_spec(directory, sim.url, write_jsonl(directory / "in.jsonl", rows, words=(5, 3_000)),
-                   limits={"tokens_per_minute": budget})
+        write_spec(
+            directory,
+            sim.url,
+            write_jsonl(directory / "in.jsonl", rows, words=(5, 3_000)),
+            limits={"tokens_per_minute": budget},
+        )
         run_job(directory, 900)
         _, statuses = sim.arrivals()
         frame = finished_times(directory)
@@ -253,10 +363,22 @@ def tokens_per_minute(quick: bool) -> list[Figure]:
     refused = statuses.count(429) / len(statuses)
     label = f"{budget:,} tokens/min, {rows} rows of {sizes[0]} to {sizes[-1]} tokens"
     return [
-        Figure("5 tokens/min", f"{label}: most tokens used in any 60 s ÷ budget", busiest, f"{busiest:.3f}", "≤ 1",
-               busiest <= 1),
-        Figure("5 tokens/min", f"{label}: tokens per minute over the run ÷ budget (the first minute may "
-               "spend a whole budget at once)", achieved, f"{achieved:.3f}", "", None),
+        Figure(
+            "5 tokens/min",
+            f"{label}: most tokens used in any 60 s ÷ budget",
+            busiest,
+            f"{busiest:.3f}",
+            "≤ 1",
+            busiest <= 1,
+        ),
+        Figure(
+            "5 tokens/min",
+            f"{label}: tokens per minute over the run ÷ budget (the first minute may spend a whole budget at once)",
+            achieved,
+            f"{achieved:.3f}",
+            "",
+            None,
+        ),
         Figure("5 tokens/min", f"{label}: requests answered 429", refused, f"{refused:.2%}", "0", refused == 0),
     ]
 
@@ -269,8 +391,16 @@ def memory(quick: bool) -> list[Figure]:
         with scratch("memory-5000") as directory:
             write_spec(directory, sim.url, write_jsonl(directory / "in.jsonl", 5_000))
             result = run_job(directory, 600)
-            figures.append(Figure("6 memory", "peak RSS MB, jsonl, 5,000 rows", result.peak_rss_mb,
-                                  f"{result.peak_rss_mb:.0f}", "≤ 110", result.peak_rss_mb <= 110))
+            figures.append(
+                Figure(
+                    "6 memory",
+                    "peak RSS MB, jsonl, 5,000 rows",
+                    result.peak_rss_mb,
+                    f"{result.peak_rss_mb:.0f}",
+                    "≤ 110",
+                    result.peak_rss_mb <= 110,
+                )
+            )
         for kind in ("jsonl", "parquet"):
             peaks: dict[int, float] = {}
             for rows in (small, large):
@@ -281,18 +411,39 @@ def memory(quick: bool) -> list[Figure]:
                     result = run_job(directory, 7_200)
                     assert output_rows(directory) == rows
                     peaks[rows] = result.peak_rss_mb
-                    figures.append(Figure("6 memory", f"peak RSS MB, {kind}, {rows:,} rows ({rows / result.wall_s:.0f}"
-                                          " rows/s)", result.peak_rss_mb, f"{result.peak_rss_mb:.0f}",
-                                          "≤ 170" if rows == large else "", result.peak_rss_mb <= 170
-                                          if rows == large else None))
+                    figures.append(
+                        Figure(
+                            "6 memory",
+                            f"peak RSS MB, {kind}, {rows:,} rows ({rows / result.wall_s:.0f} rows/s)",
+                            result.peak_rss_mb,
+                            f"{result.peak_rss_mb:.0f}",
+                            "≤ 170" if rows == large else "",
+                            result.peak_rss_mb <= 170 if rows == large else None,
+                        )
+                    )
                     if rows == large:
                         again = run_job(directory, 1_800)
-                        figures.append(Figure("6 memory", f"peak RSS MB, {kind}, resume with all {rows:,} saved",
-                                              again.peak_rss_mb, f"{again.peak_rss_mb:.0f}", "≤ 170",
-                                              again.peak_rss_mb <= 170))
+                        figures.append(
+                            Figure(
+                                "6 memory",
+                                f"peak RSS MB, {kind}, resume with all {rows:,} saved",
+                                again.peak_rss_mb,
+                                f"{again.peak_rss_mb:.0f}",
+                                "≤ 170",
+                                again.peak_rss_mb <= 170,
+                            )
+                        )
             growth = peaks[large] / peaks[small]
-            figures.append(Figure("6 memory", f"{kind}: peak at {large:,} ÷ peak at {small:,}", growth,
-                                  f"{growth:.2f}", "≤ 1.3", growth <= 1.3))
+            figures.append(
+                Figure(
+                    "6 memory",
+                    f"{kind}: peak at {large:,} ÷ peak at {small:,}",
+                    growth,
+                    f"{growth:.2f}",
+                    "≤ 1.3",
+                    growth <= 1.3,
+                )
+            )
     return figures
 
 
@@ -323,12 +474,24 @@ def resume(quick: bool) -> list[Figure]:
     in_flight = sent - saved - journaled
     twice = total - rows
     return [
-        Figure("7 resume", f"{rows:,} rows, SIGKILL after {sent:,} requests: requests in flight at the kill (sent, "
-               f"answer neither in a part ({saved:,}) nor journaled ({journaled:,}))", in_flight, f"{in_flight}",
-               f"≤ concurrency ({concurrency})", in_flight <= concurrency),
+        Figure(
+            "7 resume",
+            f"{rows:,} rows, SIGKILL after {sent:,} requests: requests in flight at the kill (sent, "
+            f"answer neither in a part ({saved:,}) nor journaled ({journaled:,}))",
+            in_flight,
+            f"{in_flight}",
+            f"≤ concurrency ({concurrency})",
+            in_flight <= concurrency,
+        ),
         Figure("7 resume", "requests sent twice", twice, f"{twice}", f"≤ {concurrency}", twice <= concurrency),
-        Figure("7 resume", "requests sent twice ÷ requests in flight at the kill", twice / max(in_flight, 1),
-               f"{twice / max(in_flight, 1):.2f}", "≤ 1", twice <= in_flight),
+        Figure(
+            "7 resume",
+            "requests sent twice ÷ requests in flight at the kill",
+            twice / max(in_flight, 1),
+            f"{twice / max(in_flight, 1):.2f}",
+            "≤ 1",
+            twice <= in_flight,
+        ),
     ]
 
 
@@ -341,33 +504,62 @@ def journal_rows(directory: Path) -> int:
 
 def startup(quick: bool) -> list[Figure]:
     """8. `batchrun validate` on the sample job, and the CLI's import time."""
-    runs = [measure(batchrun("validate", "jobs/reviews-sentiment.yaml"), cwd=REPO, timeout=60)
-            for _ in range(3 if quick else 9)]
+    runs = [
+        measure(batchrun("validate", "jobs/reviews-sentiment.yaml"), cwd=REPO, timeout=60)
+        for _ in range(3 if quick else 9)
+    ]
     assert all(r.rc == 0 for r in runs), runs[0].stderr
     fastest = min(r.wall_s for r in runs)  # the least disturbed by the machine's other load
     cpu = statistics.median(r.cpu_s for r in runs)
 
     def import_ms(module: str) -> float:
-        done = subprocess.run([PYTHON, "-X", "importtime", "-c", f"import {module}"], cwd=REPO, capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+        done = subprocess.run(
+            [PYTHON, "-X", "importtime", "-c", f"import {module}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            check=True,
+        )
         names = [name.strip() for name in module.split(",")]  # each top-level import's own cumulative time
         tops = [line for line in done.stderr.splitlines() if any(line.rstrip().endswith(f"| {n}") for n in names)]
         return sum(int(line.split("|")[1]) for line in tops) / 1000
 
     cli = import_ms("batchrun.cli")
-    run = statistics.median(import_ms("batchrun.cli, batchrun.runner, batchrun.client, batchrun.endpoints")
-                            for _ in range(3 if quick else 9))
+    run = statistics.median(
+        import_ms("batchrun.cli, batchrun.runner, batchrun.client, batchrun.endpoints")
+        for _ in range(3 if quick else 9)
+    )
     first = first_request_s(3 if quick else 9)
     return [
-        Figure("8 start-up", f"`batchrun validate jobs/reviews-sentiment.yaml`, wall s (fastest of {len(runs)}; "
-               f"median {statistics.median(r.wall_s for r in runs):.2f})", fastest, f"{fastest:.2f}", "< 1",
-               fastest < 1),
+        Figure(
+            "8 start-up",
+            f"`batchrun validate jobs/reviews-sentiment.yaml`, wall s (fastest of {len(runs)}; "
+            f"median {statistics.median(r.wall_s for r in runs):.2f})",
+            fastest,
+            f"{fastest:.2f}",
+            "< 1",
+            fastest < 1,
+        ),
         Figure("8 start-up", "the same, CPU s (median)", cpu, f"{cpu:.2f}", "", None),
         Figure("8 start-up", "import batchrun.cli (python -X importtime), ms", cli, f"{cli:.0f}", "", None),
-        Figure("8 start-up", "import what `run` needs before its first request (cli, runner, client, endpoints; "
-               "python -X importtime, median), ms", run, f"{run:.0f}", "≤ 600", run <= 600),
-        Figure("8 start-up", "`batchrun run` of 200 rows: process start → the simulator's first request, s (median)",
-               first, f"{first:.2f}", "", None),
+        Figure(
+            "8 start-up",
+            "import what `run` needs before its first request (cli, runner, client, endpoints; "
+            "python -X importtime, median), ms",
+            run,
+            f"{run:.0f}",
+            "≤ 600",
+            run <= 600,
+        ),
+        Figure(
+            "8 start-up",
+            "`batchrun run` of 200 rows: process start → the simulator's first request, s (median)",
+            first,
+            f"{first:.2f}",
+            "",
+            None,
+        ),
     ]
 
 
@@ -413,8 +605,10 @@ def write_readme(text: str, command: str, seconds: float) -> None:
     _, _, tail = rest.partition(END)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    body = (f"{START}\nMeasured {stamp} with `{command}` ({seconds / 60:.0f} min; {os.cpu_count()} cores, "
-            f"load average at the end {load}).\n\n{text}\n{END}")
+    body = (
+        f"{START}\nMeasured {stamp} with `{command}` ({seconds / 60:.0f} min; {os.cpu_count()} cores, "
+        f"load average at the end {load}).\n\n{text}\n{END}"
+    )
     README.write_text(head + body + tail)
 
 
@@ -435,8 +629,13 @@ def main() -> None:
     text = table(figures)
     print(text)
     if args.readme:
-        write_readme(text, "python bench/run.py" + (" --quick" if args.quick else "")
-                     + (f" --only {' '.join(args.only)}" if args.only else ""), time.monotonic() - started)
+        write_readme(
+            text,
+            "python bench/run.py"
+            + (" --quick" if args.quick else "")
+            + (f" --only {' '.join(args.only)}" if args.only else ""),
+            time.monotonic() - started,
+        )
 
 
 if __name__ == "__main__":

@@ -183,8 +183,6 @@ def make_job(tmp_path: Path, sim: Sim, key_file: Path) -> Any:
     return make
 
 
-
-
 @dataclass
 class Gcs:
     """fake-gcs-server (the Cloud Storage emulator) and what tests need from it."""
@@ -227,9 +225,23 @@ def gcs_server() -> Iterator[Gcs]:
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [str(_server._get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-         "-port", str(port), "-external-url", url, "-log-level", "error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            str(_server._get_binary_path()),
+            "-scheme",
+            "http",
+            "-backend",
+            "memory",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-external-url",
+            url,
+            "-log-level",
+            "error",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         _wait_for(f"{url}/storage/v1/b", process)

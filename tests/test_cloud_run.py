@@ -37,15 +37,24 @@ def start_task(job: Job, gcs: Gcs, index: int, attempt: int = 0) -> subprocess.P
     """`batchrun run job.yaml` as one Cloud Run task."""
     return subprocess.Popen(
         [*BATCHRUN, "run", str(job.spec), "--log-interval", "0.5"],
-        env=task_env(job, gcs, index, attempt), cwd=job.dir,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=task_env(job, gcs, index, attempt),
+        cwd=job.dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 def cli_json(job: Job, env: dict[str, str], *args: str) -> Any:
     """An analyst command's --json output."""
-    result = subprocess.run([*BATCHRUN, args[0], str(job.spec), *args[1:], "--json"], env=env, cwd=job.dir,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*BATCHRUN, args[0], str(job.spec), *args[1:], "--json"],
+        env=env,
+        cwd=job.dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 
@@ -110,8 +119,7 @@ def test_four_tasks_on_gcs_survive_sigkill_and_sigterm_with_one_row_per_id(make_
     last = json_lines(stopped_log)[-1]
     assert last["severity"] == "WARNING" and "stopped by SIGTERM" in last["message"] and "pending" in last["message"]
 
-    finishing = {0: tasks[0], 1: start_task(job, gcs, 1, attempt=1), 2: start_task(job, gcs, 2, attempt=1),
-                 3: tasks[3]}
+    finishing = {0: tasks[0], 1: start_task(job, gcs, 1, attempt=1), 2: start_task(job, gcs, 2, attempt=1), 3: tasks[3]}
     for index, process in finishing.items():
         _, log = process.communicate(timeout=120)
         assert process.returncode == 0, f"task {index}: {log[-2000:]}"
@@ -152,8 +160,11 @@ def test_four_tasks_on_gcs_survive_sigkill_and_sigterm_with_one_row_per_id(make_
 def test_sigterm_saves_finished_rows_and_exits_3_then_the_rerun_finishes(make_job: Any, sim: Sim) -> None:
     """SIGTERM: no new rows, every answered row saved, exit 3 with what remains; the rerun sends only the rest."""
     sim.configure(latency_s=0.05, record=False)
-    job = make_job(n=200, output={"path": "out", "keep_columns": ["text"], "flush_rows": 1000, "flush_seconds": 30},
-                   limits={"concurrency": 4})
+    job = make_job(
+        n=200,
+        output={"path": "out", "keep_columns": ["text"], "flush_rows": 1000, "flush_seconds": 30},
+        limits={"concurrency": 4},
+    )
     process = job.popen("run")
     deadline = time.monotonic() + 60
     while sim.stats()["by_status"].get("200", 0) < 20:
@@ -207,8 +218,9 @@ def test_metadata_server_credentials_with_refresh(make_job: Any, sim: Sim, tmp_p
     host = sim.url.removeprefix("http://")
     env = {k: v for k, v in base_env().items() if k != "NO_GCE_CHECK"}
     env.update({"GCE_METADATA_HOST": host, "GCE_METADATA_IP": host, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud")})
-    result = subprocess.run([*BATCHRUN, "run", str(job.spec)], env=env, cwd=job.dir,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*BATCHRUN, "run", str(job.spec)], env=env, cwd=job.dir, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     table = job.table()
     assert len(table) == 200 and (table.get_column("status") == "ok").all()

@@ -42,8 +42,7 @@ def test_consumption_options_send_googles_headers(
 ) -> None:
     """Each consumption option sends the headers Google documents, and the answers' traffic_type is saved."""
     sim.configure(provisioned_rpm=1000 if provisioned == "only" else None, flex_latency_s=0.0)
-    job: Job = make_job(n=3, endpoint=vertex(sim, location="global", consumption=consumption,
-                                             provisioned=provisioned))
+    job: Job = make_job(n=3, endpoint=vertex(sim, location="global", consumption=consumption, provisioned=provisioned))
     table = run_ok(job)
     assert sent_headers(sim) == [lowered(headers)] * 3
     assert table["traffic_type"].to_list() == [traffic] * 3
@@ -108,12 +107,19 @@ def test_header_values_never_reach_logs_errors_or_output(sim: Sim, make_job: Any
 @pytest.mark.parametrize(
     ("endpoint", "message"),
     [
-        ({"consumption": "flex", "location": "us-central1"},
-         "consumption: flex is served on the global endpoint only, not in us-central1 (set endpoint.location: global)"),
-        ({"consumption": "priority", "provisioned": "only", "location": "global"},
-         "provisioned: only sends every request to Provisioned Throughput, which has no priority tier"),
-        ({"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "consumption": "flex"},
-         "consumption chooses a Vertex AI consumption option; kind: openai servers have none"),
+        (
+            {"consumption": "flex", "location": "us-central1"},
+            "consumption: flex is served on the global endpoint only, not in us-central1 "
+            "(set endpoint.location: global)",
+        ),
+        (
+            {"consumption": "priority", "provisioned": "only", "location": "global"},
+            "provisioned: only sends every request to Provisioned Throughput, which has no priority tier",
+        ),
+        (
+            {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "consumption": "flex"},
+            "consumption chooses a Vertex AI consumption option; kind: openai servers have none",
+        ),
         ({"headers": {"Authorization": "Bearer x"}}, "Authorization is set by batchrun itself"),
     ],
 )
@@ -130,8 +136,13 @@ def test_refused_at_validation_with_the_fix(sim: Sim, make_job: Any, endpoint: d
 
 def test_flex_waits_up_to_thirty_minutes_unless_timeout_is_set() -> None:
     """With consumption: flex an attempt may take Google's maximum of 30 minutes, unless retry.timeout_s is set."""
-    base = {"name": "j", "input": {"path": "in.jsonl"}, "output": {"path": "out"}, "model": "m",
-            "endpoint": {"kind": "simulator", "location": "global", "consumption": "flex"}}
+    base = {
+        "name": "j",
+        "input": {"path": "in.jsonl"},
+        "output": {"path": "out"},
+        "model": "m",
+        "endpoint": {"kind": "simulator", "location": "global", "consumption": "flex"},
+    }
     assert parse_spec(base).retry.timeout_s == 1800
     assert parse_spec({**base, "retry": {"timeout_s": 90}}).retry.timeout_s == 90
     assert parse_spec({**base, "endpoint": {"kind": "simulator"}}).retry.timeout_s == 120

@@ -22,11 +22,14 @@ PRICES = {"ON_DEMAND": {"input": 1000.0, "cached_input": 100.0, "output": 2000.0
 
 def capped_job(make_job: Any, sim: Sim, cap: float, n: int = 30) -> Job:
     """A job whose rows cost about 0.03-0.05 each, under limits.max_cost."""
-    job: Job = make_job(n=n, endpoint=vertex(sim), limits={"concurrency": 4, "max_cost": cap},
-                        request={"prompt": "Classify: {text}",
-                                 "params": {"max_tokens": 16, "reasoning_effort": "none"}},
-                        report={"prices": PRICES},
-                        output={"path": "out", "keep_columns": ["text"], "flush_rows": 5, "flush_seconds": 0.2})
+    job: Job = make_job(
+        n=n,
+        endpoint=vertex(sim),
+        limits={"concurrency": 4, "max_cost": cap},
+        request={"prompt": "Classify: {text}", "params": {"max_tokens": 16, "reasoning_effort": "none"}},
+        report={"prices": PRICES},
+        output={"path": "out", "keep_columns": ["text"], "flush_rows": 5, "flush_seconds": 0.2},
+    )
     return job
 
 
@@ -70,8 +73,7 @@ def test_the_cap_stops_before_the_first_request_when_the_saved_rows_spent_it(mak
 def test_max_cost_without_a_price_for_flex_is_refused(make_job: Any, sim: Sim) -> None:
     """genai-prices publishes no Flex rate for gemini-2.5-flash: max_cost on Flex needs report.prices, and
     validate and run both say so (exit 2, nothing sent)."""
-    job: Job = make_job(n=2, endpoint=vertex(sim, location="global", consumption="flex"),
-                        limits={"max_cost": 5})
+    job: Job = make_job(n=2, endpoint=vertex(sim, location="global", consumption="flex"), limits={"max_cost": 5})
     for command in ("validate", "run"):
         result = job.run(command)
         assert result.returncode == 2, result.stderr
@@ -94,8 +96,13 @@ def test_default_prices_come_from_genai_prices_and_the_spec_overrides_them() -> 
     """Standard prices for a known Gemini model come from genai-prices (named as the source); report.prices wins;
     a tier the library does not publish stays unpriced instead of taking the standard rate."""
     pytest.importorskip("genai_prices", reason="genai-prices (a dependency in pyproject.toml) is not installed")
-    base = {"name": "j", "input": {"path": "i.jsonl"}, "output": {"path": "o"}, "model": "google/gemini-2.5-flash",
-            "endpoint": {"kind": "simulator"}}
+    base = {
+        "name": "j",
+        "input": {"path": "i.jsonl"},
+        "output": {"path": "o"},
+        "model": "google/gemini-2.5-flash",
+        "endpoint": {"kind": "simulator"},
+    }
     book = price_book(parse_spec(base))
     standard = book.get("ON_DEMAND")
     assert standard is not None and standard.source.startswith("genai-prices")
@@ -104,15 +111,26 @@ def test_default_prices_come_from_genai_prices_and_the_spec_overrides_them() -> 
     given = price_book(parse_spec({**base, "report": {"prices": {"ON_DEMAND": {"input": 1, "output": 2}}}}))
     price = given.get("ON_DEMAND")
     assert price is not None and (price.input, price.cached_input, price.output, price.source) == (
-        1, 1, 2, "report.prices")
+        1,
+        1,
+        2,
+        "report.prices",
+    )
 
 
 def test_the_ledger_waits_for_in_flight_requests_then_refuses() -> None:
     """A request that does not fit waits while others are in flight, gets in when their real cost is lower,
     and is refused (CapReached) once nothing is in flight and it still does not fit."""
-    spec = parse_spec({"name": "j", "input": {"path": "i.jsonl"}, "output": {"path": "o"}, "model": "m",
-                       "endpoint": {"kind": "simulator"},
-                       "report": {"prices": {"ON_DEMAND": {"input": 1_000_000, "output": 1_000_000}}}})
+    spec = parse_spec(
+        {
+            "name": "j",
+            "input": {"path": "i.jsonl"},
+            "output": {"path": "o"},
+            "model": "m",
+            "endpoint": {"kind": "simulator"},
+            "report": {"prices": {"ON_DEMAND": {"input": 1_000_000, "output": 1_000_000}}},
+        }
+    )
     book: PriceBook = price_book(spec, library=False)
     body = {"messages": [{"role": "user", "content": "x" * 84}], "max_tokens": 100, "reasoning_effort": "none"}
 
@@ -137,12 +155,15 @@ def test_the_ledger_waits_for_in_flight_requests_then_refuses() -> None:
 
     worst, reserved, message = run(main)
     assert worst == 200.0 and reserved == 0.0
-    assert message == ("limits.max_cost reached: 300.0000 of 450 USD spent, and the next request may cost up to "
-                       "200.0000; to go on, run again with --set limits.max_cost=675")
+    assert message == (
+        "limits.max_cost reached: 300.0000 of 450 USD spent, and the next request may cost up to "
+        "200.0000; to go on, run again with --set limits.max_cost=675"
+    )
 
 
 def test_limits_own_concurrency() -> None:
     """At most limits.concurrency requests are between start and their end at once."""
+
     async def main() -> int:
         from batchrun.limits import Limits
 
@@ -164,16 +185,20 @@ def test_limits_own_concurrency() -> None:
     assert run(main) == 3
 
 
-def test_estimate_sends_nothing_and_comes_within_two_percent_of_the_real_prompt_tokens(
-    make_job: Any, sim: Sim
-) -> None:
+def test_estimate_sends_nothing_and_comes_within_two_percent_of_the_real_prompt_tokens(make_job: Any, sim: Sim) -> None:
     """`batchrun estimate --json` reads every row and sends nothing; its prompt tokens are within 2% of what
     the run then reports (4 characters a token, as the simulator counts), its answer bound is max_tokens a row,
     the real cost lies in its range, and --sample scales a few rows to the whole input."""
     rows = [{"id": f"r{i:03d}", "text": "word " * (i % 17 + 3)} for i in range(40)]
-    job: Job = make_job(rows=rows, report={"prices": PRICES},
-                        request={"system": "Label it.", "prompt": "Classify: {text}",
-                                 "params": {"max_tokens": 16, "reasoning_effort": "none"}})
+    job: Job = make_job(
+        rows=rows,
+        report={"prices": PRICES},
+        request={
+            "system": "Label it.",
+            "prompt": "Classify: {text}",
+            "params": {"max_tokens": 16, "reasoning_effort": "none"},
+        },
+    )
     result = job.run("estimate", "--json")
     assert result.returncode == 0, result.stderr
     estimate = json.loads(result.stdout)

@@ -73,9 +73,17 @@ def test_the_cloud_run_spec_validates_and_the_commands_have_every_flag(monkeypat
     spec = parse_spec(yaml.safe_load(spec_text))
     assert spec.input.path.startswith("gs://") and spec.output.path.startswith("gs://")
     commands = "\n".join(blocks(CLOUD_RUN, "bash"))
-    for flag in ("gcloud run jobs create", "--tasks=", "--task-timeout=", "--max-retries=", "--service-account=",
-                 "--add-volume=name=data,type=cloud-storage", "--add-volume-mount=volume=data,mount-path=",
-                 "gcloud run jobs execute", "docker build"):
+    for flag in (
+        "gcloud run jobs create",
+        "--tasks=",
+        "--task-timeout=",
+        "--max-retries=",
+        "--service-account=",
+        "--add-volume=name=data,type=cloud-storage",
+        "--add-volume-mount=volume=data,mount-path=",
+        "gcloud run jobs execute",
+        "docker build",
+    ):
         assert flag in commands, flag
 
 

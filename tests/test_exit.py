@@ -40,11 +40,19 @@ def _runs(job: Job, times: int, side_by_side: int) -> list[tuple[int, str]]:
         out = job.dir / f"out-{index}"
         run = subprocess.run(
             [sys.executable, "-m", "batchrun", "run", str(job.spec), "--set", f"output.path={out}"],
-            env=job.env, cwd=job.dir, capture_output=True, text=True, timeout=120,
+            env=job.env,
+            cwd=job.dir,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         status = subprocess.run(
             [sys.executable, "-m", "batchrun", "status", str(job.spec), "--set", f"output.path={out}"],
-            env=job.env, cwd=job.dir, capture_output=True, text=True, timeout=120,
+            env=job.env,
+            cwd=job.dir,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         return (run.returncode, run.stderr) if run.returncode else (status.returncode, status.stderr)
 
@@ -74,8 +82,15 @@ def test_validate_into_a_closed_pipe_exits_quietly(make_job: Any) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has gone: the first write gets EPIPE
     try:
-        result = subprocess.run([sys.executable, "-m", "batchrun", "validate", str(job.spec)], env=job.env,
-                                cwd=job.dir, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "batchrun", "validate", str(job.spec)],
+            env=job.env,
+            cwd=job.dir,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (0, "")
@@ -85,8 +100,9 @@ def test_validate_piped_into_head_prints_one_line(make_job: Any) -> None:
     """The shell form: `validate | head -1` prints the first line and nothing on stderr, whatever the timing."""
     job = make_job()
     command = f"{sys.executable} -m batchrun validate {job.spec} | head -1"
-    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=job.env, cwd=job.dir,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], env=job.env, cwd=job.dir, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{job.spec}: valid\n"
     assert result.stderr == ""
@@ -139,8 +155,10 @@ def test_cli_reports_a_bug_as_exit_1(tmp_path: Path, capsys: Any) -> None:
         raise RuntimeError("unexpected")
 
     spec = tmp_path / "job.yaml"
-    spec.write_text("name: t\ninput: {path: in.jsonl}\nmodel: m\nendpoint: {kind: simulator}\n"
-                    "request: {prompt: '{text}'}\noutput: {path: out}\n")
+    spec.write_text(
+        "name: t\ninput: {path: in.jsonl}\nmodel: m\nendpoint: {kind: simulator}\n"
+        "request: {prompt: '{text}'}\noutput: {path: out}\n"
+    )
     original = cli._COMMANDS["validate"]
     cli._COMMANDS["validate"] = boom
     try:

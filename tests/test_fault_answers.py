@@ -49,8 +49,13 @@ def _cases() -> list[Any]:
 def _job(make_job: Any, transport: str, stream: bool, attempts: int = 2) -> Any:
     """A 4-row job sent one request at a time with `attempts` attempts a row."""
     request = {"prompt": "Classify: {text}", "params": {"stream": True}} if stream else {"prompt": "Classify: {text}"}
-    return make_job(numbered_rows(4), endpoint__transport=transport, request=request,
-                    limits__concurrency=1, retry__max_attempts=attempts)
+    return make_job(
+        numbered_rows(4),
+        endpoint__transport=transport,
+        request=request,
+        limits__concurrency=1,
+        retry__max_attempts=attempts,
+    )
 
 
 @pytest.mark.parametrize(("shape", "stream", "error_type", "status", "transport"), _cases())
@@ -71,8 +76,12 @@ def test_a_broken_answer_is_retried_then_an_error_row(
     error = errors.row(0, named=True)
     assert (error["error_type"], error["http_status"]) == (error_type, status), error["error_message"]
     assert sim.stats()["broken"] == 3
-    record(f"broken answer: {shape}{' (stream)' if stream else ''}", transport=transport,
-           error_type=error_type, message=error["error_message"])
+    record(
+        f"broken answer: {shape}{' (stream)' if stream else ''}",
+        transport=transport,
+        error_type=error_type,
+        message=error["error_message"],
+    )
 
 
 @pytest.mark.parametrize("transport", [pytest.param("direct"), pytest.param("openai", marks=SLOW)])
@@ -104,8 +113,11 @@ def test_a_plain_json_reply_to_a_stream_is_an_ok_row(sim: Any, make_job: Any, tr
 def test_image_generation_keeps_the_bytes_and_the_thought_signature(sim: Any, make_job: Any, stream: bool) -> None:
     """`modalities: [image]`: the whole PNG (joined from a stream's pieces) and the message's extra_content."""
     params: dict[str, Any] = {"modalities": ["image"], **({"stream": True} if stream else {})}
-    job = make_job(numbered_rows(2), model="google/gemini-3-pro-image-preview",
-                   request={"prompt": "Draw: {text}", "params": params})
+    job = make_job(
+        numbered_rows(2),
+        model="google/gemini-3-pro-image-preview",
+        request={"prompt": "Draw: {text}", "params": params},
+    )
     result = job.run("run")
     assert result.returncode == 0, result.stderr
     table = finished_table(job, {"row-00000", "row-00001"})

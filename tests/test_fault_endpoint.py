@@ -67,15 +67,23 @@ def test_5xx_burst_then_recovery(sim: Any, make_job: Any) -> None:
     rows = numbered_rows(400)
     job = make_job(rows)
     sim.configure(latency_s=0.02, seed=SEED)
-    timeline = drive(job, sim, [
-        Step(0.3, "burst", {"rate_500": 0.5, "rate_503": 0.5}),
-        Step(3.0, "calm", {"rate_500": 0.0, "rate_503": 0.0}),
-    ])
+    timeline = drive(
+        job,
+        sim,
+        [
+            Step(0.3, "burst", {"rate_500": 0.5, "rate_503": 0.5}),
+            Step(3.0, "calm", {"rate_500": 0.0, "rate_503": 0.0}),
+        ],
+    )
     assert timeline.returncode == 0, timeline.stderr
     table = finished_table(job, {r["id"] for r in rows})
     assert table["status"].to_list() == ["ok"] * len(rows)
-    record("500/503 burst, 3 s", injected=_injected(sim.stats()), **outcome(table, sim, len(rows)),
-           **timeline.recovery("calm"))
+    record(
+        "500/503 burst, 3 s",
+        injected=_injected(sim.stats()),
+        **outcome(table, sim, len(rows)),
+        **timeline.recovery("calm"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -96,8 +104,12 @@ def test_429_storm_then_recovery(sim: Any, make_job: Any, storm_s: float, retry_
     table = finished_table(job, {r["id"] for r in rows})
     assert table["status"].to_list() == ["ok"] * len(rows)
     hint = "no Retry-After" if retry_after_s is None else f"RetryInfo {retry_after_s:g}s"
-    record(f"429 storm, {storm_s:g} s ({hint})", injected=_injected(sim.stats()),
-           **outcome(table, sim, len(rows)), **timeline.recovery("storm"))
+    record(
+        f"429 storm, {storm_s:g} s ({hint})",
+        injected=_injected(sim.stats()),
+        **outcome(table, sim, len(rows)),
+        **timeline.recovery("storm"),
+    )
 
 
 def test_pace_lifted_after_a_storm_wakes_a_waiting_request() -> None:
@@ -144,8 +156,13 @@ def test_token_endpoint_outage_waits_and_resumes(sim: Any, make_job: Any) -> Non
     assert table["attempts"].max() == 1, "waiting for a token must not spend a row's attempts"
     stats = sim.stats()
     assert stats["tokens_issued"] >= 2, "the token must have run out during the outage"
-    record("token endpoint 503 for 1.5 s at start, 3 s mid-run (3 s tokens)", injected=_injected(stats),
-           tokens_issued=stats["tokens_issued"], **outcome(table, sim, len(rows)), **timeline.recovery("outage"))
+    record(
+        "token endpoint 503 for 1.5 s at start, 3 s mid-run (3 s tokens)",
+        injected=_injected(stats),
+        tokens_issued=stats["tokens_issued"],
+        **outcome(table, sim, len(rows)),
+        **timeline.recovery("outage"),
+    )
 
 
 def test_tokens_revoked_mid_run(sim: Any, make_job: Any) -> None:
@@ -153,23 +170,35 @@ def test_tokens_revoked_mid_run(sim: Any, make_job: Any) -> None:
     rows = numbered_rows(400)
     job = make_job(rows, limits__concurrency=8)
     sim.configure(latency_s=0.05)
-    timeline = drive(job, sim, [
-        Step(0.3, "revoke", {"revoke_now": True}),
-        Step(0.5, "revoke every 1 s", {"revoke_every_s": 1.0}),
-    ])
+    timeline = drive(
+        job,
+        sim,
+        [
+            Step(0.3, "revoke", {"revoke_now": True}),
+            Step(0.5, "revoke every 1 s", {"revoke_every_s": 1.0}),
+        ],
+    )
     assert timeline.returncode == 0, timeline.stderr
     table = finished_table(job, {r["id"] for r in rows})
     assert table["status"].to_list() == ["ok"] * len(rows)
     stats = sim.stats()
     assert stats["by_status"].get("401", 0) > 0, "the revocations must have been noticed"
-    record("tokens revoked (all at once, then every 1 s)", injected=_injected(stats),
-           tokens_issued=stats["tokens_issued"], **outcome(table, sim, len(rows)))
+    record(
+        "tokens revoked (all at once, then every 1 s)",
+        injected=_injected(stats),
+        tokens_issued=stats["tokens_issued"],
+        **outcome(table, sim, len(rows)),
+    )
 
 
 # 429s come from the storm: a steady random 429 rate holds the adaptive pace down for the whole run
 # (see docs/reliability.md), which would measure the pace, not the faults.
 ALL_RATES = {
-    "rate_500": 0.02, "rate_503": 0.02, "rate_reset": 0.02, "rate_hang": 0.01, "rate_truncated": 0.02,
+    "rate_500": 0.02,
+    "rate_503": 0.02,
+    "rate_reset": 0.02,
+    "rate_hang": 0.01,
+    "rate_truncated": 0.02,
     "rate_not_json": 0.02,
 }
 
@@ -187,16 +216,24 @@ def test_all_faults_together(sim: Any, make_job: Any, n: int, storm_s: float, ou
             row["text"] = "x" * 30_000
     job = make_job(rows, limits__concurrency=8, retry__timeout_s=1)
     sim.configure(seed=SEED, latency_s=0.05, token_ttl_s=3, max_body_bytes=20_000, **ALL_RATES)
-    timeline = drive(job, sim, [
-        Step(0.3, "storm", {"storm_for_s": storm_s}, lasts_s=storm_s),
-        Step(1.0, "token outage", {"token_fail_for_s": outage_s}, lasts_s=outage_s),
-        Step(1.0, "revoke", {"revoke_now": True}),
-    ])
+    timeline = drive(
+        job,
+        sim,
+        [
+            Step(0.3, "storm", {"storm_for_s": storm_s}, lasts_s=storm_s),
+            Step(1.0, "token outage", {"token_fail_for_s": outage_s}, lasts_s=outage_s),
+            Step(1.0, "revoke", {"revoke_now": True}),
+        ],
+    )
     assert timeline.returncode == 0, timeline.stderr
     table = finished_table(job, {r["id"] for r in rows})
     errors = table.filter(table["status"] == "error")
     assert set(errors["id"]) == oversized
     assert set(errors["http_status"]) == {400} and set(errors["error_type"]) == {"http"}
     assert all("payload size exceeds the limit" in m for m in errors["error_message"])
-    record(f"all together ({n} rows, storm {storm_s:g} s, token outage {outage_s:g} s)",
-           injected=_injected(sim.stats()), **outcome(table, sim, n), **timeline.recovery("storm"))
+    record(
+        f"all together ({n} rows, storm {storm_s:g} s, token outage {outage_s:g} s)",
+        injected=_injected(sim.stats()),
+        **outcome(table, sim, n),
+        **timeline.recovery("storm"),
+    )

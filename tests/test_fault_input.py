@@ -43,42 +43,97 @@ class Refusal:
 
 ROWS = numbered_rows(6)
 REFUSALS = [
-    Refusal("truncated Parquet file", ("input.parquet", "truncated"), spec={"input__path": "input.parquet"},
-            plant=_truncated_parquet),
-    Refusal("id column missing", ("input.jsonl:line 1", "no id column 'review_id'", "its columns are: id, text",
-                                  "set input.id_column"),
-            spec={"input__id_column": "review_id"}),
-    Refusal("id value missing in one row", ("input.jsonl:line 3", "no value in id column 'id'"),
-            rows=[*ROWS[:2], {"text": "no id here"}, *ROWS[2:]]),
-    Refusal("template column missing", ("column 'body'", "input.jsonl", "columns are: id, text"),
-            spec={"request__prompt": "Classify: {body}"}),
-    Refusal("duplicate ids", ("input.jsonl:line 5", "duplicate id 'row-00001'", "first at line 2"),
-            rows=[*ROWS[:4], {"id": "row-00001", "text": "again"}]),
+    Refusal(
+        "truncated Parquet file",
+        ("input.parquet", "truncated"),
+        spec={"input__path": "input.parquet"},
+        plant=_truncated_parquet,
+    ),
+    Refusal(
+        "id column missing",
+        ("input.jsonl:line 1", "no id column 'review_id'", "its columns are: id, text", "set input.id_column"),
+        spec={"input__id_column": "review_id"},
+    ),
+    Refusal(
+        "id value missing in one row",
+        ("input.jsonl:line 3", "no value in id column 'id'"),
+        rows=[*ROWS[:2], {"text": "no id here"}, *ROWS[2:]],
+    ),
+    Refusal(
+        "template column missing",
+        ("column 'body'", "input.jsonl", "columns are: id, text"),
+        spec={"request__prompt": "Classify: {body}"},
+    ),
+    Refusal(
+        "duplicate ids",
+        ("input.jsonl:line 5", "duplicate id 'row-00001'", "first at line 2"),
+        rows=[*ROWS[:4], {"id": "row-00001", "text": "again"}],
+    ),
     Refusal("empty input", ("input.jsonl", "no rows"), rows=[]),
-    Refusal("every line unreadable", ("input.jsonl", "no line or row could be read", "line 1: not valid JSON"),
-            plant=lambda p: _jsonl_bytes(p / "input.jsonl", [b"{not json", b"[1, 2]"])),
-    Refusal("a Latin-1 file", ("input.jsonl", "no line or row could be read", "line 1: not UTF-8 text",
-                               "re-encode the file as UTF-8", "iconv -f latin1"),
-            plant=lambda p: _jsonl_bytes(p / "input.jsonl", [b'{"id": "a", "text": "caf\xe9"}',
-                                                             b'{"id": "b", "text": "th\xe9"}'])),
-    Refusal("a directory as input", ("rows", "is a directory, not an input file", "set input.path"),
-            spec={"input__path": "rows"}, plant=lambda p: (p / "rows").mkdir()),
-    Refusal("placeholder naming no column", ("column 'txt'", "did you mean 'text'"),
-            spec={"request__prompt": "Classify: {txt}"}),
+    Refusal(
+        "every line unreadable",
+        ("input.jsonl", "no line or row could be read", "line 1: not valid JSON"),
+        plant=lambda p: _jsonl_bytes(p / "input.jsonl", [b"{not json", b"[1, 2]"]),
+    ),
+    Refusal(
+        "a Latin-1 file",
+        (
+            "input.jsonl",
+            "no line or row could be read",
+            "line 1: not UTF-8 text",
+            "re-encode the file as UTF-8",
+            "iconv -f latin1",
+        ),
+        plant=lambda p: _jsonl_bytes(
+            p / "input.jsonl", [b'{"id": "a", "text": "caf\xe9"}', b'{"id": "b", "text": "th\xe9"}']
+        ),
+    ),
+    Refusal(
+        "a directory as input",
+        ("rows", "is a directory, not an input file", "set input.path"),
+        spec={"input__path": "rows"},
+        plant=lambda p: (p / "rows").mkdir(),
+    ),
+    Refusal(
+        "placeholder naming no column",
+        ("column 'txt'", "did you mean 'text'"),
+        spec={"request__prompt": "Classify: {txt}"},
+    ),
     Refusal("bad template syntax", ("request.prompt", "bad template"), spec={"request__prompt": "Classify: {text"}),
-    Refusal("unknown spec key", ("job.yaml", "limits.concurency: unknown key; did you mean 'concurrency'?"),
-            spec={"limits": {"concurency": 4}}, line_of_key="concurency"),
-    Refusal("wrong type", ("job.yaml", "limits.concurrency", "integer"), spec={"limits__concurrency": "many"},
-            line_of_key="concurrency"),
-    Refusal("env var unset", ("job.yaml", "endpoint.project", "BATCHRUN_UNSET_PROJECT is not set", "export"),
-            spec={"endpoint__project": "${BATCHRUN_UNSET_PROJECT}"}, line_of_key="project"),
-    Refusal("YAML syntax error", ("job.yaml", "line", "not valid YAML"),
-            plant=lambda p: (p / "job.yaml").write_text((p / "job.yaml").read_text() + "limits: [\n")),
-    Refusal("unclosed YAML quote", ("job.yaml: line 1, column 7:", "quoted scalar", "close the quote"),
-            plant=lambda p: (p / "job.yaml").write_text('name: "test-job\n' + (p / "job.yaml").read_text())),
-    Refusal("${column} read as a variable", ("request.prompt", "environment variable price is not set",
-                                           "$${price} for a literal ${price}"),
-            spec={"request__prompt": "Price: ${price}"}, line_of_key="prompt"),
+    Refusal(
+        "unknown spec key",
+        ("job.yaml", "limits.concurency: unknown key; did you mean 'concurrency'?"),
+        spec={"limits": {"concurency": 4}},
+        line_of_key="concurency",
+    ),
+    Refusal(
+        "wrong type",
+        ("job.yaml", "limits.concurrency", "integer"),
+        spec={"limits__concurrency": "many"},
+        line_of_key="concurrency",
+    ),
+    Refusal(
+        "env var unset",
+        ("job.yaml", "endpoint.project", "BATCHRUN_UNSET_PROJECT is not set", "export"),
+        spec={"endpoint__project": "${BATCHRUN_UNSET_PROJECT}"},
+        line_of_key="project",
+    ),
+    Refusal(
+        "YAML syntax error",
+        ("job.yaml", "line", "not valid YAML"),
+        plant=lambda p: (p / "job.yaml").write_text((p / "job.yaml").read_text() + "limits: [\n"),
+    ),
+    Refusal(
+        "unclosed YAML quote",
+        ("job.yaml: line 1, column 7:", "quoted scalar", "close the quote"),
+        plant=lambda p: (p / "job.yaml").write_text('name: "test-job\n' + (p / "job.yaml").read_text()),
+    ),
+    Refusal(
+        "${column} read as a variable",
+        ("request.prompt", "environment variable price is not set", "$${price} for a literal ${price}"),
+        spec={"request__prompt": "Price: ${price}"},
+        line_of_key="prompt",
+    ),
 ]
 
 
@@ -142,10 +197,20 @@ def test_unreadable_lines_become_input_error_rows(make_job: Any) -> None:
     """Broken JSON, non-UTF-8 bytes, a non-object line and a null template value: `input` rows that say where."""
     job = make_job(ROWS)
     good = (job.dir / "input.jsonl").read_bytes().splitlines()
-    _jsonl_bytes(job.dir / "input.jsonl", [
-        good[0], b'{"id": "broken", "text": "cut', good[1], b'{"id": "latin1", "text": "caf\xe9"}',
-        good[2], b"[1, 2, 3]", good[3], b'{"id": "null-text", "text": null}', *good[4:],
-    ])
+    _jsonl_bytes(
+        job.dir / "input.jsonl",
+        [
+            good[0],
+            b'{"id": "broken", "text": "cut',
+            good[1],
+            b'{"id": "latin1", "text": "caf\xe9"}',
+            good[2],
+            b"[1, 2, 3]",
+            good[3],
+            b'{"id": "null-text", "text": null}',
+            *good[4:],
+        ],
+    )
     result = job.run("run")
     assert result.returncode == 0, result.stderr
     table = finished_table(job, {r["id"] for r in ROWS} | {"line:2", "line:4", "line:6", "null-text"})
@@ -162,8 +227,12 @@ def test_unreadable_lines_become_input_error_rows(make_job: Any) -> None:
         assert fragment in errors[rid]["error_message"], errors[rid]["error_message"]
     assert (table["status"] == "ok").sum() == len(ROWS)
     for rid, fragment in expected.items():
-        record(f"bad input row: {fragment.split(': ', 1)[1]}", exit_code=0, error_type="input",
-               message=errors[rid]["error_message"])
+        record(
+            f"bad input row: {fragment.split(': ', 1)[1]}",
+            exit_code=0,
+            error_type="input",
+            message=errors[rid]["error_message"],
+        )
 
 
 def test_row_over_the_endpoint_size_limit_is_an_error_row(sim: Any, make_job: Any) -> None:
@@ -178,5 +247,11 @@ def test_row_over_the_endpoint_size_limit_is_an_error_row(sim: Any, make_job: An
     assert (huge["status"], huge["http_status"], huge["attempts"]) == ("error", 400, 1)
     assert "payload size exceeds the limit" in huge["error_message"]
     assert (table["status"] == "ok").sum() == len(ROWS)
-    record("bad input row: over the endpoint's size limit", exit_code=0, error_type=huge["error_type"],
-           http_status=400, attempts=1, message=huge["error_message"])
+    record(
+        "bad input row: over the endpoint's size limit",
+        exit_code=0,
+        error_type=huge["error_type"],
+        http_status=400,
+        attempts=1,
+        message=huge["error_message"],
+    )

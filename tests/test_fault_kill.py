@@ -119,9 +119,16 @@ def test_sigkill_loop_loses_nothing_and_writes_nothing_twice(sim: Any, make_job:
     assert max(resent_per_kill) <= bound, f"a kill cost {max(resent_per_kill)} re-sends; at most {bound} are in flight"
     record(
         f"SIGKILL x{kills}, resumed each time ({n} rows)",
-        rows=n, kills=kills, moments=moments, leftover_temp_files=leftovers, lost=0, duplicates=0,
-        resent_total=sum(resent_per_kill), resent_max_per_kill=max(resent_per_kill),
-        resent_mean_per_kill=round(sum(resent_per_kill) / kills, 1), bound_per_kill=bound,
+        rows=n,
+        kills=kills,
+        moments=moments,
+        leftover_temp_files=leftovers,
+        lost=0,
+        duplicates=0,
+        resent_total=sum(resent_per_kill),
+        resent_max_per_kill=max(resent_per_kill),
+        resent_mean_per_kill=round(sum(resent_per_kill) / kills, 1),
+        bound_per_kill=bound,
         rows_sent_twice_or_more=sum(1 for c in sends.values() if c > 1),
     )
 

@@ -124,7 +124,7 @@ class LoopWatch:
         """(MiB) mean RSS over the second quarter of the run and over the last quarter: warm-up excluded."""
         samples = [rss for _, rss in self.rss]
         quarter = max(1, len(samples) // 4)
-        early, late = samples[quarter: 2 * quarter] or samples, samples[-quarter:]
+        early, late = samples[quarter : 2 * quarter] or samples, samples[-quarter:]
         return sum(early) // len(early) >> 20, sum(late) // len(late) >> 20
 
 
@@ -146,7 +146,9 @@ def slow_simulator(request: pytest.FixtureRequest) -> Iterator[str]:
     latency = request.node.callspec.params["latency_s"]
     process = subprocess.Popen(
         [sys.executable, "-m", "batchrun.simulator", "--latency", str(latency), "--latency-jitter-s", str(latency / 2)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     assert process.stdout is not None
     url = json.loads(process.stdout.readline())["url"]
@@ -190,16 +192,18 @@ def test_2000_in_flight_every_row_ok_once_and_the_long_run_stays_responsive_and_
     monkeypatch.setenv("NO_GCE_CHECK", "true")
     data = numbered_rows(rows)
     write_rows(tmp_path / "input.jsonl", data)
-    spec = parse_spec({
-        "name": "load",
-        "input": {"path": str(tmp_path / "input.jsonl"), "id_column": "id"},
-        "endpoint": {"kind": "vertex", "base_url": vertex_base_url(slow_simulator)},
-        "model": "google/gemini-2.5-flash",
-        "request": {"prompt": "Classify: {text}"},
-        "limits": {"concurrency": IN_FLIGHT},
-        "retry": {"timeout_s": latency_s * 5},
-        "output": {"path": str(tmp_path / "out"), "flush_rows": 5000, "flush_seconds": 5},
-    })
+    spec = parse_spec(
+        {
+            "name": "load",
+            "input": {"path": str(tmp_path / "input.jsonl"), "id_column": "id"},
+            "endpoint": {"kind": "vertex", "base_url": vertex_base_url(slow_simulator)},
+            "model": "google/gemini-2.5-flash",
+            "request": {"prompt": "Classify: {text}"},
+            "limits": {"concurrency": IN_FLIGHT},
+            "retry": {"timeout_s": latency_s * 5},
+            "output": {"path": str(tmp_path / "out"), "flush_rows": 5000, "flush_seconds": 5},
+        }
+    )
     runner = Runner(prepare(spec), RunOptions(log_interval_s=30))
     watch = LoopWatch(runner.counters)
 
@@ -223,15 +227,24 @@ def test_2000_in_flight_every_row_ok_once_and_the_long_run_stays_responsive_and_
     alone, stolen_from = watch.in_flight_by_steal()
     stolen_from.sort(reverse=True)
     figures = {
-        "rows": rows, "latency_s": latency_s, "in_flight_max": stats["max_in_flight"], "run_s": round(elapsed, 1),
-        "lag_max_ms": watch.lag_ms(watch.in_flight_lags, 1.0), "lag_p99_ms": watch.lag_ms(watch.in_flight_lags, 0.99),
-        "lag_p50_ms": watch.lag_ms(watch.in_flight_lags, 0.5), "lag_max_whole_run_ms": watch.lag_ms(watch.lags, 1.0),
-        "lag_max_host_alone_ms": watch.lag_ms(alone, 1.0), "lag_p99_host_alone_ms": watch.lag_ms(alone, 0.99),
+        "rows": rows,
+        "latency_s": latency_s,
+        "in_flight_max": stats["max_in_flight"],
+        "run_s": round(elapsed, 1),
+        "lag_max_ms": watch.lag_ms(watch.in_flight_lags, 1.0),
+        "lag_p99_ms": watch.lag_ms(watch.in_flight_lags, 0.99),
+        "lag_p50_ms": watch.lag_ms(watch.in_flight_lags, 0.5),
+        "lag_max_whole_run_ms": watch.lag_ms(watch.lags, 1.0),
+        "lag_max_host_alone_ms": watch.lag_ms(alone, 1.0),
+        "lag_p99_host_alone_ms": watch.lag_ms(alone, 0.99),
         "ticks_with_steal": len(stolen_from),
         "worst_ticks_with_steal_ms (lag, loop cpu, steal)": [[round(1000 * x) for x in t] for t in stolen_from[:3]],
         "host_steal_pct": round(100 * watch.steal_s / elapsed, 1),
-        "rss_early_mib": early_mib, "rss_late_mib": late_mib, "requests": stats["requests"],
-        "gc_full": sum(1 for g, _ in watch.gc_pauses if g == 2), "gc_full_max_ms": watch.gc_max_ms(2),
+        "rss_early_mib": early_mib,
+        "rss_late_mib": late_mib,
+        "requests": stats["requests"],
+        "gc_full": sum(1 for g, _ in watch.gc_pauses if g == 2),
+        "gc_full_max_ms": watch.gc_max_ms(2),
         "gc_young_max_ms": max(watch.gc_max_ms(0), watch.gc_max_ms(1)),
     }
     record(f"load: {IN_FLIGHT} in flight, answers after {latency_s:g}-{latency_s * 1.5:g} s, {rows} rows", **figures)

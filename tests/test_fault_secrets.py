@@ -69,16 +69,24 @@ def test_service_account_run_with_echoing_failures_leaks_nothing(sim: Any, make_
     assert "Bearer [REDACTED]" in " ".join(echoed["error_message"])
     assert tokens >= 2, "revocations must have put several tokens in play"
     assert not _leaks(text, _key_material(key_file))
-    record("secrets: service-account key, tokens echoed by 400/401/500 bodies", tokens_in_play=tokens,
-           echoing_error_rows=echoed.height, leaks=0, example=echoed["error_message"][0][:160])
+    record(
+        "secrets: service-account key, tokens echoed by 400/401/500 bodies",
+        tokens_in_play=tokens,
+        echoing_error_rows=echoed.height,
+        leaks=0,
+        example=echoed["error_message"][0][:160],
+    )
 
 
 def test_api_key_run_with_echoing_failures_leaks_nothing(sim: Any, make_job: Any) -> None:
     """kind: openai with an API key of no known shape: the echoed key is scrubbed because it was registered."""
     key = "k3y" + secrets.token_hex(20)
     rows = numbered_rows(40)
-    job = make_job(rows, retry__max_attempts=2, endpoint={
-        "kind": "openai", "base_url": f"{sim.url}/v1", "api_key_env": "BATCHRUN_TEST_KEY"})
+    job = make_job(
+        rows,
+        retry__max_attempts=2,
+        endpoint={"kind": "openai", "base_url": f"{sim.url}/v1", "api_key_env": "BATCHRUN_TEST_KEY"},
+    )
     job.env["BATCHRUN_TEST_KEY"] = key
     sim.configure(api_key=key, echo_headers=True, rate_500=0.4, seed=6)
     result = job.run("run", "--log-interval", "0.2")
@@ -102,8 +110,12 @@ def test_refused_credentials_echoing_the_assertion_leak_nothing(sim: Any, make_j
     assert "Google auth refused the credentials" in result.stderr
     assert "assertion=" in result.stderr, "the echoed form must reach the message, redacted"
     assert not _leaks(_everything(job, result.stdout, result.stderr), _key_material(key_file))
-    record("secrets: token endpoint refuses the key and echoes the JWT assertion", exit_code=3, leaks=0,
-           message=_error_line(result.stderr))
+    record(
+        "secrets: token endpoint refuses the key and echoes the JWT assertion",
+        exit_code=3,
+        leaks=0,
+        message=_error_line(result.stderr),
+    )
 
 
 def _other_key_id(sim: Any) -> str:
@@ -123,8 +135,12 @@ def test_broken_key_file_shows_no_key_material(sim: Any, make_job: Any, key_file
     assert "Traceback" not in result.stderr
     assert f"credentials file {key_file}" in _error_line(result.stderr), "the message names the damaged file"
     assert not _leaks(_everything(job, result.stdout, result.stderr), _key_material(key_file))
-    record("secrets: damaged service-account key file", exit_code=result.returncode, leaks=0,
-           message=_error_line(result.stderr))
+    record(
+        "secrets: damaged service-account key file",
+        exit_code=result.returncode,
+        leaks=0,
+        message=_error_line(result.stderr),
+    )
 
 
 def _error_line(stderr: str) -> str:

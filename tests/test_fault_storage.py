@@ -19,8 +19,9 @@ from tests.faults import committed_ids, complaints, drain, finished_table, numbe
 def _bulky_rows(n: int) -> list[dict[str, Any]]:
     """Rows whose kept text (~2 KB, incompressible) makes each part file large, so a small disk fills."""
     rng = random.Random(6)
-    return [{**row, "text": f"{row['text']} " + base64.b64encode(rng.randbytes(1500)).decode()}
-            for row in numbered_rows(n)]
+    return [
+        {**row, "text": f"{row['text']} " + base64.b64encode(rng.randbytes(1500)).decode()} for row in numbered_rows(n)
+    ]
 
 
 def _one_message(stderr: str, *fragments: str) -> str:
@@ -48,8 +49,15 @@ def test_disk_full_while_writing_a_part(make_job: Any, tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
         table = finished_table(job, {r["id"] for r in rows})
         assert set(saved) <= set(table["id"])
-    record("disk full while writing a part (tmpfs 400 KiB)", rows=len(rows), exit_code=result.returncode,
-           saved_before_fault=len(saved), lost=0, duplicates=0, message=message)
+    record(
+        "disk full while writing a part (tmpfs 400 KiB)",
+        rows=len(rows),
+        exit_code=result.returncode,
+        saved_before_fault=len(saved),
+        lost=0,
+        duplicates=0,
+        message=message,
+    )
 
 
 def test_output_turns_read_only_mid_run(sim: Any, make_job: Any, tmp_path: Path) -> None:
@@ -77,8 +85,15 @@ def test_output_turns_read_only_mid_run(sim: Any, make_job: Any, tmp_path: Path)
         again = job.run("run")
         assert again.returncode == 0, again.stderr
         finished_table(job, {r["id"] for r in rows})
-    record("output remounted read-only mid-run", rows=len(rows), exit_code=process.returncode,
-           saved_before_fault=len(saved), lost=0, duplicates=0, message=message)
+    record(
+        "output remounted read-only mid-run",
+        rows=len(rows),
+        exit_code=process.returncode,
+        saved_before_fault=len(saved),
+        lost=0,
+        duplicates=0,
+        message=message,
+    )
 
 
 def test_output_read_only_from_the_start(sim: Any, make_job: Any, tmp_path: Path) -> None:
@@ -97,8 +112,12 @@ def test_output_read_only_from_the_start(sim: Any, make_job: Any, tmp_path: Path
         assert result.returncode == 3, result.stderr
         _one_message(result.stderr, "Read-only file system")
     assert sim.stats()["requests"] == 5, "no request may be sent when nothing can be saved"
-    record("output read-only before the run starts", exit_code=fresh.returncode,
-           requests_sent=sim.stats()["requests"] - 5, message=_one_message(fresh.stderr))
+    record(
+        "output read-only before the run starts",
+        exit_code=fresh.returncode,
+        requests_sent=sim.stats()["requests"] - 5,
+        message=_one_message(fresh.stderr),
+    )
 
 
 def test_output_path_under_a_file(sim: Any, make_job: Any) -> None:

@@ -115,8 +115,9 @@ def test_reasoning_effort_low_and_none(sim: Sim, make_job: Any) -> None:
     assert only(sim)["body"] == seeds.REASONING_EFFORT
     assert 0 < low["reasoning_tokens"] <= 1024 and low["reasoning"] is None
 
-    off = run_ok(job, "--set", "request.params.reasoning_effort=none", "--set", "output.path=none", output="none"
-                 ).row(0, named=True)
+    off = run_ok(job, "--set", "request.params.reasoning_effort=none", "--set", "output.path=none", output="none").row(
+        0, named=True
+    )
     assert only(sim, '"none"')["body"]["reasoning_effort"] == "none"
     assert off["status"] == "ok" and off["reasoning_tokens"] is None
     assert off["total_tokens"] == off["prompt_tokens"] + off["completion_tokens"]

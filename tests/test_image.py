@@ -19,8 +19,10 @@ from tests.conftest import REPO
 from tests.faults import record
 
 LOCK = REPO / "requirements.lock"
-REFRESH = ("uv pip compile pyproject.toml --generate-hashes --python-version 3.11 "
-           "--python-platform x86_64-manylinux_2_28 -o requirements.lock")
+REFRESH = (
+    "uv pip compile pyproject.toml --generate-hashes --python-version 3.11 "
+    "--python-platform x86_64-manylinux_2_28 -o requirements.lock"
+)
 
 
 def locked() -> dict[str, tuple[str, list[str]]]:
@@ -85,8 +87,11 @@ def test_dockerfile_pins_its_base_builds_apart_and_runs_unprivileged_with_a_home
     users = [args for op, args in runtime if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert runtime[-2:] == [("ENTRYPOINT", '["batchrun"]'), ("CMD", '["--help"]')]
-    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for op, args in build + runtime:
         if op == "COPY" and not args.startswith("--from"):
             for source in args.split()[:-1]:
@@ -104,9 +109,13 @@ def test_the_image_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
     runs (the script's own warm-up), `batchrun --version` answers, pip is gone; prints the venv's size."""
     venv = tmp_path / "venv"
     python = getattr(sys, "_base_executable", sys.executable)
-    result = subprocess.run(["sh", str(REPO / "docker" / "install-venv.sh"), str(venv), str(REPO)],
-                            env={**_clean_environ(), "PYTHON": python},
-                            capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        ["sh", str(REPO / "docker" / "install-venv.sh"), str(venv), str(REPO)],
+        env={**_clean_environ(), "PYTHON": python},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     version = subprocess.run([str(venv / "bin" / "batchrun"), "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("batchrun "), version

@@ -22,8 +22,13 @@ SCHEMA = output_schema([])
 
 
 def row(rid: str) -> ResultRow:
-    return {"id": rid, "status": "ok", "content": f"answer {rid}", "media": b"\x00\x01",
-            "finished_at": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)}
+    return {
+        "id": rid,
+        "status": "ok",
+        "content": f"answer {rid}",
+        "media": b"\x00\x01",
+        "finished_at": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+    }
 
 
 def part_ids(output: Path) -> list[str]:

@@ -118,8 +118,9 @@ def test_openai_batch_body_is_sent_as_is_with_spec_defaults() -> None:
 
 def test_openai_streams_ask_for_usage_and_vertex_streams_stay_as_written() -> None:
     """OpenAI sends usage in a stream only when asked; Vertex always does, so its body stays the seed's."""
-    openai_body = make({"prompt": "{t}", "params": {"stream": True}},
-                       endpoint={"kind": "openai", "base_url": "http://x/v1"}).render(rec({"t": "a"}))
+    openai_body = make(
+        {"prompt": "{t}", "params": {"stream": True}}, endpoint={"kind": "openai", "base_url": "http://x/v1"}
+    ).render(rec({"t": "a"}))
     assert openai_body["stream_options"] == {"include_usage": True}
     vertex_body = make({"prompt": "{t}", "params": {"stream": True}}).render(rec({"t": "a"}))
     assert "stream_options" not in vertex_body
@@ -136,12 +137,17 @@ def test_openai_batch_line_with_a_bad_response_format_is_a_row_error() -> None:
 def test_messages_column_with_media_attaches_the_parts_to_the_last_user_message() -> None:
     """request.messages_column + request.media: the media parts join the last user message, after its text."""
     r = make({"messages_column": "conv", "media": [{"column": "img"}]})
-    conv = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
-            {"role": "user", "content": "what is in it?"}]
+    conv = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "what is in it?"},
+    ]
     body = r.render(rec({"conv": conv, "img": "gs://b/cat.jpg"}))
     assert body["messages"][:2] == conv[:2]
-    assert body["messages"][2] == {"role": "user", "content": [
-        {"type": "text", "text": "what is in it?"}, {"type": "image_url", "image_url": "gs://b/cat.jpg"}]}
+    assert body["messages"][2] == {
+        "role": "user",
+        "content": [{"type": "text", "text": "what is in it?"}, {"type": "image_url", "image_url": "gs://b/cat.jpg"}],
+    }
     assert conv[2]["content"] == "what is in it?", "the row's own value is left as it was"
     with pytest.raises(RowInputError, match="no user message to attach request.media to"):
         r.render(rec({"conv": [{"role": "system", "content": "x"}], "img": "gs://b/cat.jpg"}))
@@ -149,24 +155,38 @@ def test_messages_column_with_media_attaches_the_parts_to_the_last_user_message(
 
 def test_params_extra_body_and_request_google_are_merged() -> None:
     """params.extra_body (as the seeds write it) and request.google both reach extra_body; neither is dropped."""
-    r = make({"prompt": "{text}", "google": {"thinking_config": {"thinking_budget": 0}},
-              "params": {"extra_body": {"google": {"thought_tag_marker": "think"}, "other": 1}}})
+    r = make(
+        {
+            "prompt": "{text}",
+            "google": {"thinking_config": {"thinking_budget": 0}},
+            "params": {"extra_body": {"google": {"thought_tag_marker": "think"}, "other": 1}},
+        }
+    )
     body = r.render(rec({"text": "hi"}))
-    assert body["extra_body"] == {"other": 1, "google": {"thought_tag_marker": "think",
-                                                          "thinking_config": {"thinking_budget": 0}}}
+    assert body["extra_body"] == {
+        "other": 1,
+        "google": {"thought_tag_marker": "think", "thinking_config": {"thinking_budget": 0}},
+    }
     assert r.spec.request.google_options["thought_tag_marker"] == "think"
 
 
 def test_the_same_google_option_in_both_places_is_refused() -> None:
     """One option set in request.google and in params.extra_body.google: a spec error naming it, not a silent pick."""
     with pytest.raises(SpecError, match="thought_tag_marker set in both request.google and request.params"):
-        make({"prompt": "{text}", "google": {"thought_tag_marker": "a"},
-              "params": {"extra_body": {"google": {"thought_tag_marker": "b"}}}})
+        make(
+            {
+                "prompt": "{text}",
+                "google": {"thought_tag_marker": "a"},
+                "params": {"extra_body": {"google": {"thought_tag_marker": "b"}}},
+            }
+        )
 
 
 def test_gs_images_on_kind_openai_use_the_url_form() -> None:
     """kind: openai takes image_url as {"url": ...} for gs:// too; Vertex keeps its REST string form."""
-    openai = make({"prompt": "{text}", "media": [{"column": "img"}]},
-                  endpoint={"kind": "openai", "base_url": "http://127.0.0.1:9/v1"})
+    openai = make(
+        {"prompt": "{text}", "media": [{"column": "img"}]},
+        endpoint={"kind": "openai", "base_url": "http://127.0.0.1:9/v1"},
+    )
     part = openai.render(rec({"text": "t", "img": "gs://b/cat.jpg"}))["messages"][0]["content"][1]
     assert part == {"type": "image_url", "image_url": {"url": "gs://b/cat.jpg"}}

@@ -23,17 +23,40 @@ from tests.conftest import Gcs, duckdb_rows, write_rows
 T0 = datetime.datetime(2026, 11, 21, 12, 0, 5, tzinfo=datetime.UTC)
 
 
-def ok(rid: str, traffic: str | None, tokens: tuple[int, int | None, int, int], latency: float, minute: int,
-       attempts: int = 1) -> dict[str, Any]:
+def ok(
+    rid: str,
+    traffic: str | None,
+    tokens: tuple[int, int | None, int, int],
+    latency: float,
+    minute: int,
+    attempts: int = 1,
+) -> dict[str, Any]:
     prompt, completion, reasoning, total = tokens
-    return {"id": rid, "status": "ok", "content": "x", "traffic_type": traffic, "prompt_tokens": prompt,
-            "completion_tokens": completion, "reasoning_tokens": reasoning, "total_tokens": total,
-            "attempts": attempts, "latency_ms": latency, "finished_at": T0 + datetime.timedelta(minutes=minute)}
+    return {
+        "id": rid,
+        "status": "ok",
+        "content": "x",
+        "traffic_type": traffic,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "reasoning_tokens": reasoning,
+        "total_tokens": total,
+        "attempts": attempts,
+        "latency_ms": latency,
+        "finished_at": T0 + datetime.timedelta(minutes=minute),
+    }
 
 
 def error(rid: str, kind: str, status: int, minute: int, attempts: int = 1) -> dict[str, Any]:
-    return {"id": rid, "status": "error", "error_type": kind, "http_status": status, "attempts": attempts,
-            "error_message": f"HTTP {status}: refused", "finished_at": T0 + datetime.timedelta(minutes=minute)}
+    return {
+        "id": rid,
+        "status": "error",
+        "error_type": kind,
+        "http_status": status,
+        "attempts": attempts,
+        "error_message": f"HTTP {status}: refused",
+        "finished_at": T0 + datetime.timedelta(minutes=minute),
+    }
 
 
 ROWS = {
@@ -60,12 +83,22 @@ def spec(tmp_path: Path) -> JobSpec:
     for name, rows in ROWS.items():
         pq.write_table(pa.Table.from_pylist(rows, schema=output_schema([])), out / name)
     write_rows(tmp_path / "in.jsonl", [{"id": rid, "text": f"text {rid}", "n": i} for i, rid in enumerate(INPUT_IDS)])
-    return parse_spec({
-        "name": "known", "input": {"path": str(tmp_path / "in.jsonl"), "id_column": "id"}, "model": "m",
-        "endpoint": {"kind": "simulator"}, "request": {"prompt": "{text}"}, "output": {"path": str(out)},
-        "report": {"prices": {"ON_DEMAND": {"input": 1, "output": 10},
-                              "ON_DEMAND_FLEX": {"input": 0.5, "output": 5, "reasoning": 4}}},
-    })
+    return parse_spec(
+        {
+            "name": "known",
+            "input": {"path": str(tmp_path / "in.jsonl"), "id_column": "id"},
+            "model": "m",
+            "endpoint": {"kind": "simulator"},
+            "request": {"prompt": "{text}"},
+            "output": {"path": str(out)},
+            "report": {
+                "prices": {
+                    "ON_DEMAND": {"input": 1, "output": 10},
+                    "ON_DEMAND_FLEX": {"input": 0.5, "output": 5, "reasoning": 4},
+                }
+            },
+        }
+    )
 
 
 def test_report_figures(spec: JobSpec) -> None:
@@ -73,8 +106,12 @@ def test_report_figures(spec: JobSpec) -> None:
     report = build_report(spec)
     assert report["rows"] == {"total": 7, "ok": 4, "error": 3}
     assert report["requests"] == 1 + 2 + 1 + 1 + 8 + 1 + 1
-    assert report["tokens"] == {"prompt_tokens": 1310, "completion_tokens": 650, "reasoning_tokens": 500,
-                                "total_tokens": 2267}
+    assert report["tokens"] == {
+        "prompt_tokens": 1310,
+        "completion_tokens": 650,
+        "reasoning_tokens": 500,
+        "total_tokens": 2267,
+    }
     by_type = {g["traffic_type"]: g for g in report["by_traffic_type"]}
     assert by_type["ON_DEMAND"]["rows"] == 2 and by_type["ON_DEMAND"]["total_tokens"] == 750
     # ON_DEMAND: 100*1 + 50*10 and 200*1 + 100*10 + 300*10 (thinking bills as output by default)
@@ -86,19 +123,31 @@ def test_report_figures(spec: JobSpec) -> None:
     cost = report["cost"]
     assert (cost["currency"], cost["total"]) == ("USD", pytest.approx(7600 / 1e6))
     assert (cost["unpriced_traffic_types"], cost["unpriced_rows"]) == (["PROVISIONED_THROUGHPUT"], 1)
-    assert cost["prices"]["ON_DEMAND_FLEX"] == {"input": 0.5, "cached_input": 0.5, "output": 5, "reasoning": 4,
-                                                "source": "report.prices"}
+    assert cost["prices"]["ON_DEMAND_FLEX"] == {
+        "input": 0.5,
+        "cached_input": 0.5,
+        "output": 5,
+        "reasoning": 4,
+        "source": "report.prices",
+    }
     assert [(e["error_type"], e["http_status"], e["rows"]) for e in report["errors"]] == [
-        ("http", 400, 2), ("rate_limited", 429, 1)]
+        ("http", 400, 2),
+        ("rate_limited", 429, 1),
+    ]
     assert report["latency_ms"] == {"rows": 4, "p50": 25.0, "p90": 37.0, "p99": 39.7, "mean": 25.0, "max": 40.0}
     assert [(m["minute"][11:16], m["rows"], m["requests"], m["tokens"]) for m in report["per_minute"]] == [
-        ("12:00", 2, 3, 750), ("12:01", 3, 10, 1517), ("12:03", 2, 2, 0)]
+        ("12:00", 2, 3, 750),
+        ("12:01", 3, 10, 1517),
+        ("12:03", 2, 2, 0),
+    ]
 
 
 def test_report_latency_matches_duckdb_quantile_cont(spec: JobSpec) -> None:
     """The percentiles are DuckDB's quantile_cont over the same files, as docs/analysts.md promises."""
-    query = (f"SELECT quantile_cont(latency_ms, [0.5, 0.9, 0.99]) FROM read_parquet('{spec.output.path}/*.parquet') "
-             "WHERE status = 'ok'")
+    query = (
+        f"SELECT quantile_cont(latency_ms, [0.5, 0.9, 0.99]) FROM read_parquet('{spec.output.path}/*.parquet') "
+        "WHERE status = 'ok'"
+    )
     (row,) = duckdb_rows(query)
     latency = build_report(spec)["latency_ms"]
     assert [latency["p50"], latency["p90"], latency["p99"]] == pytest.approx(row[0])
@@ -119,9 +168,20 @@ def test_cached_tokens_are_priced_at_cached_input(spec: JobSpec) -> None:
     rows = [{**ok("z", "ON_DEMAND", (1000, 10, 0, 1010), 5.0, 0), "cached_tokens": 800}]
     frame = pl.from_arrow(pa.Table.from_pylist(rows, schema=output_schema([])))
     assert isinstance(frame, pl.DataFrame)
-    priced = spec.model_copy(update={"report": parse_spec({
-        "name": "j", "input": {"path": "i"}, "output": {"path": "o"}, "model": "m", "endpoint": {"kind": "simulator"},
-        "report": {"prices": {"ON_DEMAND": {"input": 1, "cached_input": 0.1, "output": 10}}}}).report})
+    priced = spec.model_copy(
+        update={
+            "report": parse_spec(
+                {
+                    "name": "j",
+                    "input": {"path": "i"},
+                    "output": {"path": "o"},
+                    "model": "m",
+                    "endpoint": {"kind": "simulator"},
+                    "report": {"prices": {"ON_DEMAND": {"input": 1, "cached_input": 0.1, "output": 10}}},
+                }
+            ).report
+        }
+    )
     (group,) = build_report(priced, frame)["by_traffic_type"]
     assert group["cached_tokens"] == 800
     assert group["cost"] == pytest.approx((200 * 1 + 800 * 0.1 + 10 * 10) / 1e6)
@@ -129,8 +189,14 @@ def test_cached_tokens_are_priced_at_cached_input(spec: JobSpec) -> None:
 
 def test_prices_are_validated_with_the_key_named() -> None:
     """A misspelt price key is refused, naming the path and the closest valid key."""
-    raw = {"name": "j", "input": {"path": "i.jsonl"}, "model": "m", "endpoint": {"kind": "simulator"},
-           "output": {"path": "o"}, "report": {"prices": {"ON_DEMAND": {"input": 1, "ouput": 2}}}}
+    raw = {
+        "name": "j",
+        "input": {"path": "i.jsonl"},
+        "model": "m",
+        "endpoint": {"kind": "simulator"},
+        "output": {"path": "o"},
+        "report": {"prices": {"ON_DEMAND": {"input": 1, "ouput": 2}}},
+    }
     with pytest.raises(SpecError, match=r"report\.prices\.ON_DEMAND\.ouput: unknown key; did you mean 'output'"):
         parse_spec(raw)
 

@@ -256,4 +256,3 @@ def test_refresh_on_gcs_replaces_answers_in_place(sim: Sim, make_job: Any, gcs: 
     assert result.returncode == 0, result.stderr[-2000:]
     assert sim.stats()["requests"] == before + 25
     assert_answers(table(), {r["id"] for r in rows(25)}, "Summarise")
-

@@ -24,7 +24,11 @@ def _run_on_a_terminal(job: Any, *args: str) -> tuple[int, str, str]:
     env["TERM"] = "xterm-256color"
     process = subprocess.Popen(
         [sys.executable, "-m", "batchrun", "run", str(job.spec), *args],
-        env=env, cwd=job.dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower,
+        env=env,
+        cwd=job.dir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=follower,
     )
     os.close(follower)
     screen = bytearray()
@@ -52,8 +56,12 @@ def _visible_lines(screen: str) -> list[str]:
 def test_live_display_is_drawn_on_the_terminal_stderr_within_80_columns(sim: Any, make_job: Any) -> None:
     """On a terminal: frames with elapsed time on stderr, no line over 80 columns, a closing summary; stdout empty."""
     sim.configure(latency_s=0.05)
-    job = make_job(n=30, name="a-rather-long-job-name-for-an-eighty-column-screen", limits={"concurrency": 2},
-                   report={"prices": {"ON_DEMAND": {"input": 0.3, "output": 2.5}}})
+    job = make_job(
+        n=30,
+        name="a-rather-long-job-name-for-an-eighty-column-screen",
+        limits={"concurrency": 2},
+        report={"prices": {"ON_DEMAND": {"input": 0.3, "output": 2.5}}},
+    )
     code, screen, stdout = _run_on_a_terminal(job)
     assert code == 0, screen
     assert stdout == ""

@@ -92,8 +92,11 @@ def test_three_local_task_processes_one_killed_and_retried_give_one_row_per_id(m
     mid-run and retried with CLOUD_RUN_TASK_ATTEMPT=1; together they hold exactly one row per id."""
     sim.configure(latency_s=0.03, record=False)
     rows = 240
-    job: Job = make_job(n=rows, limits={"concurrency": 2},
-                        output={"path": "out", "keep_columns": ["text"], "flush_rows": 10, "flush_seconds": 0.2})
+    job: Job = make_job(
+        n=rows,
+        limits={"concurrency": 2},
+        output={"path": "out", "keep_columns": ["text"], "flush_rows": 10, "flush_seconds": 0.2},
+    )
 
     def task(index: int, attempt: int = 0) -> subprocess.Popen[str]:
         env = {**job.env, "CLOUD_RUN_TASK_ATTEMPT": str(attempt)}
@@ -102,8 +105,14 @@ def test_three_local_task_processes_one_killed_and_retried_give_one_row_per_id(m
         else:
             env.update({"CLOUD_RUN_TASK_INDEX": str(index), "CLOUD_RUN_TASK_COUNT": "3"})
             args = []
-        return subprocess.Popen([sys.executable, "-m", "batchrun", "run", str(job.spec), *args], env=env,
-                                cwd=job.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "batchrun", "run", str(job.spec), *args],
+            env=env,
+            cwd=job.dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     tasks = [task(i) for i in range(3)]
     deadline = time.monotonic() + 60

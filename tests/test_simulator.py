@@ -657,10 +657,12 @@ def test_image_generation_returns_png(server: Server) -> None:
 def test_a_streamed_image_comes_in_pieces(server: Server) -> None:
     """A streamed image's base64 spreads over several chunks; the first carries the mime_type and signature."""
     whole = server.ask("Generate an image of a cat.", modalities=["image"])["choices"][0]["message"]
-    reply = server.chat(messages=[{"role": "user", "content": "Generate an image of a cat."}], modalities=["image"],
-                        stream=True)
-    deltas = [json.loads(e.removeprefix("data: "))["choices"][0]["delta"]
-              for e in reply.body.decode().split("\n\n")[:-2]]
+    reply = server.chat(
+        messages=[{"role": "user", "content": "Generate an image of a cat."}], modalities=["image"], stream=True
+    )
+    deltas = [
+        json.loads(e.removeprefix("data: "))["choices"][0]["delta"] for e in reply.body.decode().split("\n\n")[:-2]
+    ]
     pieces = [d["audio"] for d in deltas if "audio" in d]
     assert len(pieces) > 1 and "".join(p["data"] for p in pieces) == whole["audio"]["data"]
     assert pieces[0]["extra_content"] == whole["audio"]["extra_content"] and "extra_content" not in pieces[1]

@@ -23,8 +23,9 @@ def test_close_waits_for_a_write_still_queued_behind_other_work(tmp_path: Path) 
         loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
         gate = threading.Event()
         busy = loop.run_in_executor(None, gate.wait)  # the only worker thread is taken
-        writer = PartWriter(OutputWriter(str(tmp_path / "out"), Shard()), output_schema([]),
-                            flush_rows=2, flush_seconds=3600)
+        writer = PartWriter(
+            OutputWriter(str(tmp_path / "out"), Shard()), output_schema([]), flush_rows=2, flush_seconds=3600
+        )
         writer.start()
         writer.add({"id": "a", "status": "ok"})
         writer.add({"id": "b", "status": "ok"})  # a full buffer wakes the flush loop

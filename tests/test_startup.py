@@ -6,8 +6,17 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["polars", "jsonschema", "requests", "google.auth.transport.requests", "openai", "httpx", "pyarrow.compute",
-         "fsspec", "rich"]
+HEAVY = [
+    "polars",
+    "jsonschema",
+    "requests",
+    "google.auth.transport.requests",
+    "openai",
+    "httpx",
+    "pyarrow.compute",
+    "fsspec",
+    "rich",
+]
 
 
 def loaded_after(code: str) -> list[str]:
@@ -24,7 +33,9 @@ def test_run_path_imports_no_heavy_module() -> None:
 
 def test_heavy_modules_load_where_used() -> None:
     """A JSON Schema check loads jsonschema, and Google tokens load google-auth's requests transport."""
-    assert loaded_after("from batchrun.results import ResultBuilder\n"
-                        "ResultBuilder(thought_marker=None, response_format={'type': 'json_schema', "
-                        "'json_schema': {'name': 'x', 'schema': {'type': 'object'}}})") == ["jsonschema"]
+    assert loaded_after(
+        "from batchrun.results import ResultBuilder\n"
+        "ResultBuilder(thought_marker=None, response_format={'type': 'json_schema', "
+        "'json_schema': {'name': 'x', 'schema': {'type': 'object'}}})"
+    ) == ["jsonschema"]
     assert "requests" in loaded_after("from batchrun.auth import GoogleTokens\nGoogleTokens(None)")

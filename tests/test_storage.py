@@ -79,9 +79,14 @@ def test_gs_media_is_inlined_only_when_the_spec_asks(gcs: Gcs) -> None:
     storage.write_once(f"{root}/img/cat.png", png)
 
     def render(inline: bool, path: str) -> str:
-        raw = {"name": "j", "input": {"path": "x.jsonl"}, "endpoint": {"kind": "simulator"}, "model": "m",
-               "request": {"prompt": "Describe", "media": [{"column": "img", "inline": inline}]},
-               "output": {"path": "o"}}
+        raw = {
+            "name": "j",
+            "input": {"path": "x.jsonl"},
+            "endpoint": {"kind": "simulator"},
+            "model": "m",
+            "request": {"prompt": "Describe", "media": [{"column": "img", "inline": inline}]},
+            "output": {"path": "o"},
+        }
         body = Renderer(parse_spec(raw), "rows").render(Record(row=0, line=1, id="r", data={"img": path}))
         part = body["messages"][-1]["content"][1]["image_url"]  # gs:// URIs go in the REST string form
         return str(part if isinstance(part, str) else part["url"])
@@ -148,8 +153,11 @@ def test_unreachable_storage_is_one_line_not_a_traceback(tmp_path: Path) -> None
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
     spec = _gs_job(tmp_path, "gs://some-bucket/out")
-    env = {**base_env(), "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
-           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    env = {
+        **base_env(),
+        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    }
     result = run_cli(["run", str(spec)], env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr

@@ -137,8 +137,11 @@ def test_after_wind_down_each_connection_closes_with_its_answer(sim: Sim) -> Non
     port = urllib.parse.urlsplit(sim.url).port
 
     def open_to_simulator() -> int:
-        return sum(1 for c in psutil.Process().net_connections("tcp")
-                   if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+        return sum(
+            1
+            for c in psutil.Process().net_connections("tcp")
+            if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+        )
 
     async def main() -> tuple[int, int]:
         transport = DirectTransport(f"{sim.url}/v1", timeout_s=10, connections=4)
@@ -169,8 +172,9 @@ def test_a_stream_without_its_finish_chunk_is_cut(sim: Sim, direct: bool) -> Non
 
 @both
 @pytest.mark.parametrize("shape", ["stream_error", "stream_error_list"])
-@pytest.mark.parametrize(("status", "kind"), [(500, RetryableError), (503, RetryableError),
-                                              (429, RateLimitedError), (400, FinalError)])
+@pytest.mark.parametrize(
+    ("status", "kind"), [(500, RetryableError), (503, RetryableError), (429, RateLimitedError), (400, FinalError)]
+)
 def test_an_error_event_in_a_stream_is_classed_like_its_status(
     sim: Sim, direct: bool, shape: str, status: int, kind: type[RequestError]
 ) -> None:

@@ -21,8 +21,11 @@ def shard_count(parts: list[str], requested: int | None) -> int:
     part names, whose run stamps sort by time), else CLOUD_RUN_TASK_COUNT, else 1."""
     if requested is not None:
         return requested
-    named = [(os.path.basename(part).split("-", 2)[-1], shard.count)
-             for part, shard in ((part, shard_of_part(os.path.basename(part))) for part in parts) if shard is not None]
+    named = [
+        (os.path.basename(part).split("-", 2)[-1], shard.count)
+        for part, shard in ((part, shard_of_part(os.path.basename(part))) for part in parts)
+        if shard is not None
+    ]
     if named:
         return max(named)[1]
     env = os.environ.get("CLOUD_RUN_TASK_COUNT", "")
@@ -63,8 +66,15 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
     for index in range(count):
         row = by_shard.get(index, dict.fromkeys(_COUNTS, 0))
         figures = {name: int(row[name]) for name in _COUNTS}
-        shard_rows.append({"shard": f"{index}/{count}", "rows": figures["rows"],
-                           "done": figures["ok"] + figures["error"], **figures, "parts": part_counts.get(index, 0)})
+        shard_rows.append(
+            {
+                "shard": f"{index}/{count}",
+                "rows": figures["rows"],
+                "done": figures["ok"] + figures["error"],
+                **figures,
+                "parts": part_counts.get(index, 0),
+            }
+        )
     totals = {name: sum(r[name] for r in shard_rows) for name in _COUNTS}
     stored = saved.table(["id"], parts)
     return {
@@ -89,8 +99,10 @@ def format_status(figures: dict[str, Any]) -> str:
     )
     warnings = []
     if figures["changed"]:
-        warnings.append(f"{figures['changed']} saved rows answer a request that changed since: "
-                        "`run --refresh` sends them again, `run --keep` keeps them")
+        warnings.append(
+            f"{figures['changed']} saved rows answer a request that changed since: "
+            "`run --refresh` sends them again, `run --keep` keeps them"
+        )
     if figures["gone"]:
         warnings.append(f"{figures['gone']} saved rows have ids no longer in the input: the next run removes them")
     if figures["unhashed"]:

@@ -502,8 +502,11 @@ class Simulator:
         self._counts[prompt] += 1
         if self.config.record:
             record: dict[str, Any] = {"body": body, "path": request.path}
-            headers = {k: v for k, v in request.headers.items()
-                       if k.lower().startswith("x-") and not k.lower().startswith("x-stainless-")}  # not the SDK's own
+            headers = {
+                k: v
+                for k, v in request.headers.items()
+                if k.lower().startswith("x-") and not k.lower().startswith("x-stainless-")
+            }  # not the SDK's own
             if headers:
                 record["headers"] = headers
             self._records.append(record)
@@ -893,4 +896,3 @@ async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await simulator.stop()
-
