@@ -82,7 +82,7 @@ def test_sigkill_loop_loses_nothing_and_writes_nothing_twice(sim: Any, make_job:
     at the end, and each kill re-sends at most the requests in flight (answers are journaled as they arrive)."""
     rows = numbered_rows(n, text="review number {i} " + "with some padding " * 20)
     job = make_job(rows, limits__concurrency=CONCURRENCY, output__flush_rows=FLUSH_ROWS, output__flush_seconds=0.5)
-    sim.configure(latency_s=0.1)
+    sim.configure(latency_s=0.25)  # 64 rows/s: ten kills (three may wait 5 s for a part write) leave rows to send
     prompts = prompts_of(rows)
     rng = random.Random(6)
     resent_per_kill: list[int] = []
