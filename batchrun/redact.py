@@ -18,7 +18,7 @@ _LABELLED = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(
         r"(?i)(\"?(?:access_token|refresh_token|id_token|api_key|private_key|client_secret|assertion)\"?"
-        r"\s*[:=]\s*\"?)[^\s\",&}]+"
+        r"\s*[:=]\s*\"?)(?!<)[^\s\",&}]+"  # a <placeholder> in a hint is no secret
     ),
 ]
 

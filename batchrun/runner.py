@@ -26,6 +26,7 @@ from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
 from batchrun.rerun import RequestHasher, answered, compare, decide, job_record, keep_key
 from batchrun.results import ResultBuilder, input_error
+from batchrun.saved import SavedIds
 from batchrun.schema import ResultRow, output_schema
 from batchrun.shards import Shard
 from batchrun.sink import OutputWriter, PartWriter
@@ -34,7 +35,6 @@ from batchrun.spec import JobSpec
 
 if TYPE_CHECKING:
     from batchrun.client import ChatClient
-    from batchrun.saved import SavedIds
 
 # What the producer hands the workers: a row with its request body, or with None when the worker renders it
 # (media files to read, in a thread); None alone tells a worker to stop.
@@ -237,12 +237,17 @@ class Runner:
         """Compare the saved rows with the input row by row, refuse or record the job, drop the gone rows, mark
         the rows to send again and save the journaled answers to them; returns the saved ids this run skips and
         how many journaled answers replaced old rows."""
+        options = self.options
+        record = job_record(self.spec, self.prepared.summary.identity)
+        if not output.saved.parts():  # nothing saved: every row is pending, so the input is not read once more
+            if options.keep:
+                record["kept"] = keep_key(record)
+            output.record_job(record)
+            return SavedIds(None), 0
         import polars as pl
 
-        options = self.options
         comparison = compare(self.spec, output.saved, options.shard)
         recorded = output.saved.meta()
-        record = job_record(self.spec, self.prepared.summary.identity)
         kept_before = recorded is not None and recorded.get("kept") == keep_key(record)
         plan = decide(
             comparison,

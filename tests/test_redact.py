@@ -24,3 +24,10 @@ def test_patterns_and_registered_values() -> None:
     ):
         assert secret not in out
     assert "Bearer [REDACTED]" in out
+
+
+def test_a_placeholder_in_a_hint_is_kept() -> None:
+    """`export OPENAI_API_KEY=<your API key>` tells a user what to do: the <placeholder> is no secret to hide."""
+    hint = "environment variable BENCH_API_KEY is not set (export BENCH_API_KEY=<your API key>)"
+    assert redact.redact(hint) == hint
+    assert redact.redact("BENCH_API_KEY=sk-live-123456") == "BENCH_API_KEY=[REDACTED]"
