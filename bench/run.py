@@ -624,8 +624,10 @@ def main() -> None:
     for name in args.only or SCENARIOS:
         began = time.monotonic()
         print(f"[{name}] ...", file=sys.stderr, flush=True)
-        figures += SCENARIOS[name](args.quick)
-        print(f"[{name}] {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+        found = SCENARIOS[name](args.quick)
+        figures += found
+        # Each scenario's figures as it ends: a long run cut short by a timeout still leaves them.
+        print(f"[{name}] {time.monotonic() - began:.0f} s\n{table(found)}", file=sys.stderr, flush=True)
     text = table(figures)
     print(text)
     if args.readme:
