@@ -283,8 +283,6 @@ class PartWriter:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             await self.flush()
-        if self._journal is not None:
-            await self._journal.close(committed=self._failure is None and not self._buffer)
             if self._failure is not None:
                 return
             if time.monotonic() >= deadline or not self._buffer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import shutil
+import time
 from pathlib import Path
 
 import polars as pl
@@ -63,6 +64,27 @@ def test_flush_by_time(tmp_path: Path) -> None:
         await writer.close()
 
     asyncio.run(main())
+
+
+def test_a_steady_trickle_makes_one_part_per_interval_not_one_per_row(tmp_path: Path) -> None:
+    """Past the first interval the writer still waits flush_seconds between parts: rows arriving one by one are
+    batched, never committed as a part each (which would spin the loop and leave thousands of tiny files)."""
+
+    async def main() -> float:
+        writer = PartWriter(OutputWriter(str(tmp_path), Shard()), output_schema([]), flush_rows=1000, flush_seconds=0.3)
+        writer.start()
+        began = time.monotonic()
+        for i in range(60):
+            writer.add(row(f"r{i:03d}"))
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - began
+        await writer.close()
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    parts = len(list(tmp_path.glob("*.parquet")))
+    assert parts <= elapsed / 0.3 + 2, f"{parts} parts for 60 rows over {elapsed:.1f} s at one part per 0.3 s"
+    assert read(tmp_path).height == 60
 
 
 def test_cancelled_flush_still_commits_its_rows(tmp_path: Path) -> None:
