@@ -145,6 +145,27 @@ def test_removed_input_rows_leave_the_output(sim: Sim, make_job: Any) -> None:
     assert status(job)["gone"] == 0
 
 
+def test_cloud_run_tasks_refresh_each_their_own_shard(sim: Sim, make_job: Any) -> None:
+    """Three tasks on one output: after an edit each task refuses, then --refresh sends exactly its own changed rows,
+    drops its own gone rows, and together they leave one new answer per current id."""
+    job: Job = make_job(rows(30))
+    tasks = [("--shard", f"{i}/3") for i in range(3)]
+    assert all(job.run("run", *task).returncode == 0 for task in tasks)
+    edit_prompt(job, "Summarise: {text}")
+    write_rows(job.dir / "input.jsonl", rows(24))
+    before = sim.stats()["requests"]
+    assert all(job.run("run", *task).returncode == 2 for task in tasks)
+    assert sim.stats()["requests"] == before
+    for task in tasks:
+        result = job.run("run", "--refresh", *task)
+        assert result.returncode == 0, result.stderr
+    assert sim.stats()["requests"] == before + 24
+    assert all(sim.counts().get(f"Summarise: review number {i}") == 1 for i in range(24))
+    assert_answers(job.table(), {r["id"] for r in rows(24)}, "Summarise")
+    figures = status(job)
+    assert (figures["done"], figures["gone"]) == (24, 0)
+
+
 def test_an_output_of_other_ids_is_refused(sim: Sim, make_job: Any) -> None:
     """An input sharing no id with the output (another job's?) is refused rather than emptying the output."""
     job: Job = make_job(rows(5))
