@@ -15,7 +15,9 @@ RequestError                  one request failed; carried into an `error` row, n
 │   └── StreamCutError        a stream that ended before its finish chunk
 ├── AuthExpiredError          401: the token is refreshed and the request sent again
 ├── FinalError                400/403/404 and other refusals: never retried
-└── InvalidOutputError        the answer did not parse or match the schema
+└── AnswerError               an answer arrived but is not a whole one; the error row keeps its text and usage
+    ├── InvalidOutputError    the answer did not parse or match the schema: asked again (on_invalid_output)
+    └── FilteredError         withheld (finish_reason content_filter, safety, ...): final
 
 RowInputError                 one row cannot become a request (missing value, unreadable media): an `input` row
 """
@@ -132,14 +134,25 @@ class FinalError(RequestError):
     error_type = "http"
 
 
-class InvalidOutputError(RequestError):
-    """The answer did not parse as JSON or did not match the schema."""
-
-    error_type = "invalid_output"
+class AnswerError(RequestError):
+    """An answer arrived but cannot be an ok row; `raw` keeps it, so the error row shows its text and usage."""
 
     def __init__(self, message: str, *, raw: dict[str, object]) -> None:
         super().__init__(message)
         self.raw = raw
+
+
+class InvalidOutputError(AnswerError):
+    """The answer did not parse as JSON or did not match the schema."""
+
+    error_type = "invalid_output"
+
+
+class FilteredError(AnswerError):
+    """The endpoint withheld the answer (safety, recitation, a blocklist): not retried, since the same
+    prompt is refused again; the error row keeps the finish_reason and the tokens billed."""
+
+    error_type = "content_filter"
 
 
 def error_of(body: object) -> dict[str, object] | None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import (
+    AnswerError,
+    FilteredError,
     InvalidOutputError,
     MalformedResponseError,
     RequestError,
@@ -28,6 +30,23 @@ from batchrun.schema import ResultRow
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
+
+# finish_reasons that mean the endpoint withheld the answer: OpenAI's, and Gemini's own names as
+# OpenAI-compatible layers pass them through (lower-cased).
+_WITHHELD = frozenset(
+    {
+        "content_filter",
+        "safety",
+        "recitation",
+        "blocklist",
+        "prohibited_content",
+        "spii",
+        "image_safety",
+        "image_prohibited_content",
+        "image_recitation",
+    }
+)
+_REASONING_FIELDS = ("reasoning_content", "reasoning")  # vLLM, DeepSeek, LiteLLM, OpenRouter
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +80,22 @@ class ResultBuilder:
 
     def check(self, body: object) -> Reply:
         """The Reply for a 200's JSON; MalformedResponseError when it is not a whole answer (retried like a
-        5xx), InvalidOutputError when its media do not decode or its JSON does not parse or fit."""
+        5xx), FilteredError when the endpoint withheld it, InvalidOutputError when its media do not decode
+        or its JSON does not parse or fit."""
         response = whole(body)
+        finish = _choice(response).get("finish_reason")
+        if isinstance(finish, str) and finish.lower() in _WITHHELD:
+            raise FilteredError(
+                f"the endpoint withheld the answer (finish_reason {finish}); its safety settings or "
+                "the prompt decide this, so it is not retried",
+                raw=response,
+            )
         media, mime = _media(response)
         return Reply(response, self._parse(response) if self._wants_json else None, media, mime)
 
     def _parse(self, response: dict[str, Any]) -> str | None:
         """The JSON answer re-serialised, or InvalidOutputError; None when there is no text answer."""
-        content = self._split(_message(response).get("content"))[0]
+        content = self._split(_text(_message(response)))[0]
         if content is None:
             return None
         text = _strip_fence(content)
@@ -123,14 +150,16 @@ class ResultBuilder:
             "http_status": error.http_status,
             "finished_at": _now(),
         }
-        if isinstance(error, InvalidOutputError):
+        if isinstance(error, AnswerError):
             row.update(self._answer(error.raw))  # its media, if any, are what failed
         return row
 
     def _answer(self, response: dict[str, Any]) -> ResultRow:
         """The columns every answer fills: text, thoughts, tool calls, media, finish_reason and usage."""
         message = _message(response)
-        content, reasoning = self._split(message.get("content"))
+        content, tagged = self._split(_text(message))
+        own = [message[k] for k in _REASONING_FIELDS if isinstance(message.get(k), str) and message[k]]
+        reasoning = "\n\n".join([*own[:1], *([tagged] if tagged else [])]) or None
         usage = response.get("usage") or {}
         details = usage.get("completion_tokens_details") or {}
         google = ((usage.get("extra_properties") or {}).get("google")) or {}
@@ -195,16 +224,33 @@ def whole(body: object) -> dict[str, Any]:
 
 
 def _choice(response: dict[str, Any]) -> dict[str, Any]:
-    """The first choice, or an empty one."""
+    """The choice with index 0 (the first, when it says no index), or an empty one."""
     choices = response.get("choices") or [{}]
-    first = choices[0]
-    return first if isinstance(first, dict) else {}
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    if first.get("index", 0) == 0:
+        return first
+    return next((c for c in choices if isinstance(c, dict) and c.get("index") == 0), first)
 
 
 def _message(response: dict[str, Any]) -> dict[str, Any]:
     """The first choice's message; Vertex omits it when output is cut off or empty."""
     message = _choice(response).get("message")
     return message if isinstance(message, dict) else {}
+
+
+def _text(message: dict[str, Any]) -> Any:
+    """The message's text: `content` as a string, or the text of its parts when a server sends a list of
+    `{"type": "text", "text": ...}` parts (Mistral, some LiteLLM routes)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return content
+    texts = [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return "".join(texts) if texts else None
+
+
+def _json_text(value: Any) -> Any:
+    """Tool-call arguments as JSON text, as OpenAI sends them; Ollama and some others send the object."""
+    return value if value is None or isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _tool_calls(message: dict[str, Any]) -> str | None:
@@ -222,7 +268,7 @@ def _tool_calls(message: dict[str, Any]) -> str | None:
         item: dict[str, Any] = {
             "id": call.get("id"),
             "name": function.get("name"),
-            "arguments": function.get("arguments"),
+            "arguments": _json_text(function.get("arguments")),
         }
         if call.get("extra_content"):
             item["extra_content"] = call["extra_content"]
@@ -275,6 +321,8 @@ class StreamAssembler:
     def __init__(self) -> None:
         self._first: dict[str, Any] = {}
         self._content: list[str] = []
+        self._reasoning: list[str] = []
+        self._index_keys: dict[object, str] = {}
         self._calls: dict[str, dict[str, Any]] = {}
         self._order: list[str] = []
         self._last_key: str | None = None
@@ -300,6 +348,10 @@ class StreamAssembler:
             delta = delta if isinstance(delta, dict) else {}
             if isinstance(delta.get("content"), str):
                 self._content.append(delta["content"])
+            for field in _REASONING_FIELDS:
+                if isinstance(delta.get(field), str):
+                    self._reasoning.append(delta[field])
+                    break
             if isinstance(delta.get("audio"), dict):
                 self._add_media(delta["audio"])
             if delta.get("extra_content"):
@@ -317,9 +369,12 @@ class StreamAssembler:
             self._media.append(audio["data"])
 
     def _add_call(self, call: dict[str, Any]) -> None:
-        """Append argument pieces to the call with the same id (indexes are not reliable on Vertex)."""
-        key = call.get("id") or self._last_key or str(call.get("index", 0))
+        """Append argument pieces to the call with the same id (indexes are not reliable on Vertex, which
+        names the call in every piece); OpenAI and vLLM name it in the first piece only, then by index."""
+        index = call.get("index")
+        key = call.get("id") or self._index_keys.get(index) or self._last_key or str(index or 0)
         self._last_key = key
+        self._index_keys[index] = key
         function = call.get("function") or {}
         entry = self._calls.get(key)
         if entry is None:
@@ -338,6 +393,8 @@ class StreamAssembler:
         if self._finish is None:
             raise StreamCutError(f"the stream ended before its finish chunk ({self._chunks} chunks, no finish_reason)")
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self._content) or None}
+        if self._reasoning:
+            message["reasoning_content"] = "".join(self._reasoning)
         if self._calls:
             message["tool_calls"] = [self._calls[k] for k in self._order]
         if self._audio is not None:
