@@ -14,6 +14,7 @@ is for `results` to say.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import re
 import time
@@ -128,18 +129,22 @@ class SdkTransport:
                 "/chat/completions",
                 cast_to=object,
                 body=body,
-                options=self._options(token),
+                options=self._options(token, events=True),
                 stream=True,
                 stream_cls=openai.AsyncStream[object],
             )
-            if "json" in stream.response.headers.get("content-type", ""):
+            if "text/event-stream" not in stream.response.headers.get("content-type", ""):
                 raw = await stream.response.aread()
-                return decode(raw), (time.perf_counter() - started) * 1000
-            async for chunk in stream:
+                return not_a_stream(raw, stream.response.headers.get("content-type")), (
+                    time.perf_counter() - started
+                ) * 1000
+            async for item in stream:
                 if ttft is None:
                     ttft = (time.perf_counter() - started) * 1000
-                if not isinstance(chunk, dict):
-                    raise event_error(chunk)
+                # synthesize_event_and_data: each item is {"event", "data"}, so an `event: error` is seen
+                event, chunk = (item.get("event"), item.get("data")) if isinstance(item, dict) else (None, item)
+                if event == "error" or not isinstance(chunk, dict):
+                    raise event_error(chunk if error_of(chunk) or event != "error" else {"error": chunk})
                 assembler.add(chunk)
         except RequestError:
             raise
@@ -147,9 +152,11 @@ class SdkTransport:
             raise translate(exc) from exc
         return assembler.result(), ttft if ttft is not None else 0.0
 
-    def _options(self, token: str) -> Any:
-        """The per-request headers: this token, and `Connection: close` once winding down."""
-        return {"headers": {"Authorization": f"Bearer {token}", **self._closing}}
+    def _options(self, token: str, *, events: bool = False) -> Any:
+        """The per-request headers: this token, and `Connection: close` once winding down; with `events`,
+        a stream yields each event's name with its data."""
+        options = {"headers": {"Authorization": f"Bearer {token}", **self._closing}}
+        return {**options, "synthesize_event_and_data": True} if events else options
 
     def _sdk(self) -> openai.AsyncOpenAI:
         """The SDK client, built on first use."""
@@ -260,6 +267,36 @@ def decode(raw: bytes) -> object:
         raise MalformedResponseError(f"response body is not JSON ({len(raw)} bytes, truncated?)") from None
 
 
+def not_a_stream(raw: bytes, content_type: str | None) -> object:
+    """The answer in a reply to a streamed request that is not `text/event-stream`: a plain JSON answer
+    (some servers ignore `stream`), or the `data:` lines of an event stream sent under another type."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    lines = raw.decode(errors="replace").splitlines()
+    events = [line[5:].strip() for line in lines if line.startswith("data:")]
+    if not events:
+        raise MalformedResponseError(
+            f"a streamed request got a {content_type or 'untyped'} reply that is neither an event stream nor"
+            f" JSON ({len(raw)} bytes: {raw[:80].decode(errors='replace')!r})"
+        )
+    from batchrun.results import StreamAssembler
+
+    assembler = StreamAssembler()
+    for data in events:
+        if data.startswith("[DONE]"):
+            break
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise MalformedResponseError(redact(f"a stream event is not JSON: {exc}")) from None
+        if not isinstance(chunk, dict) or error_of(chunk):
+            raise event_error(chunk)
+        assembler.add(chunk)
+    return assembler.result()
+
+
 def translate(exc: Exception) -> RequestError:
     """Map aiohttp's and openai's exceptions onto batchrun's retry classes; anything else is a bug."""
     if isinstance(exc, asyncio.TimeoutError):
@@ -271,7 +308,9 @@ def translate(exc: Exception) -> RequestError:
     import openai  # only the SDK's errors are left, and raising them imported it
 
     if isinstance(exc, openai.APIStatusError):
-        return status_error(exc.status_code, exc.response.headers, exc.body, exc.message)
+        # a body that is not JSON arrives as its text, and exc.message is then "Error code: 400" alone
+        text = exc.body if isinstance(exc.body, str) and exc.body else exc.message
+        return status_error(exc.status_code, exc.response.headers, exc.body, text)
     if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is a subclass
         cause = exc.__cause__ or exc.__context__
         detail = str(cause) if cause else ""
@@ -325,6 +364,10 @@ def _retry_after(headers: Mapping[str, str], body: object) -> float | None:
         try:
             return max(0.0, float(header))
         except ValueError:
+            pass
+        try:  # the other form RFC 9110 allows: an HTTP date
+            return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
+        except (TypeError, ValueError, IndexError):
             pass
     error = error_of(body)
     details = error.get("details") if error else None
