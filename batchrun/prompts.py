@@ -11,7 +11,7 @@ from typing import Any
 from batchrun.errors import RowInputError, SpecError
 from batchrun.media import media_part
 from batchrun.sources import Record
-from batchrun.spec import JobSpec, MediaSpec
+from batchrun.spec import NO_N, JobSpec, MediaSpec
 from batchrun.spec_files import response_format
 
 __all__ = ["Renderer", "RowInputError"]
@@ -162,6 +162,8 @@ class Renderer:
                 response_format(body["response_format"], read_files=False)
             except ValueError as exc:
                 raise RowInputError(f"body.{exc}") from None
+        if body.get("n", 1) != 1:
+            raise RowInputError(f"body.n: {NO_N}")
         result = dict(body)
         if self.spec.model and "model" not in result:
             result["model"] = self.spec.model

@@ -122,6 +122,12 @@ class EndpointSpec(_Strict):
         return self
 
 
+NO_N = (
+    "batchrun saves one answer per row, so n must be 1 (several choices would all but the first be lost); "
+    "to get several answers, repeat the row under other ids"
+)
+
+
 class MediaSpec(_Strict):
     """A column holding media to attach to the user message."""
 
@@ -150,14 +156,12 @@ class RequestSpec(_Strict):
     def _check_prompt(self) -> RequestSpec:
         if self.prompt is not None and self.messages_column is not None:
             raise ValueError("set request.prompt or request.messages_column, not both")
-        if "reasoning_effort" in self.params and "thinking_config" in self.google:
-            raise ValueError(
-                "set params.reasoning_effort or google.thinking_config, not both (Vertex accepts only one)"
-            )
         if "messages" in self.params or "model" in self.params:
             raise ValueError(
                 "request.params may not set 'messages' or 'model': use request.prompt/messages_column and model"
             )
+        if self.params.get("n", 1) != 1:
+            raise ValueError(f"request.params.n: {NO_N}")
         extra = self.params.get("extra_body")
         if extra is not None and not (isinstance(extra, dict) and isinstance(extra.get("google", {}), dict)):
             raise ValueError("request.params.extra_body must be a mapping, and its 'google' one too")
@@ -166,6 +170,10 @@ class RequestSpec(_Strict):
             raise ValueError(
                 f"{', '.join(both)} set in both request.google and request.params.extra_body.google; "
                 "keep one (request.google is the short form of the same thing)"
+            )
+        if "reasoning_effort" in self.params and "thinking_config" in self.google_options:
+            raise ValueError(
+                "set params.reasoning_effort or google.thinking_config, not both (Vertex accepts only one)"
             )
         return self
 

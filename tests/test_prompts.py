@@ -134,6 +134,13 @@ def test_openai_batch_line_with_a_bad_response_format_is_a_row_error() -> None:
         r.render(rec({"custom_id": "c", "body": body}))
 
 
+def test_openai_batch_line_asking_for_several_choices_is_a_row_error() -> None:
+    """A line with n > 1 would lose all but the first choice in its one-answer row: that line fails, saying why."""
+    r = make({}, fmt="openai-batch")
+    with pytest.raises(RowInputError, match="body.n: .*n must be 1"):
+        r.render(rec({"custom_id": "c", "body": {"messages": [{"role": "user", "content": "x"}], "n": 3}}))
+
+
 def test_messages_column_with_media_attaches_the_parts_to_the_last_user_message() -> None:
     """request.messages_column + request.media: the media parts join the last user message, after its text."""
     r = make({"messages_column": "conv", "media": [{"column": "img"}]})

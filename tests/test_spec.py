@@ -80,6 +80,16 @@ def test_reasoning_effort_and_thinking_config_conflict() -> None:
     request = {"prompt": "{text}", "params": {"reasoning_effort": "low"}, "google": {"thinking_config": {}}}
     with pytest.raises(SpecError, match="not both"):
         parse_spec(spec_with(request=request))
+    by_hand = {"reasoning_effort": "low", "extra_body": {"google": {"thinking_config": {"thinking_budget": 9}}}}
+    with pytest.raises(SpecError, match="not both"):  # the same conflict, thinking_config written as the seeds do
+        parse_spec(spec_with(request={"prompt": "{text}", "params": by_hand}))
+
+
+@pytest.mark.parametrize("n", [2, 0])
+def test_n_other_than_one_is_refused(n: int) -> None:
+    """A row holds one answer: n other than 1 is refused, saying why and what to do instead."""
+    with pytest.raises(SpecError, match="n must be 1"):
+        parse_spec(spec_with(request={"prompt": "{text}", "params": {"n": n}}))
 
 
 def test_model_may_be_omitted_for_a_self_deployed_endpoint() -> None:
