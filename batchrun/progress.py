@@ -26,6 +26,7 @@ class Counters:
     already_done: int = 0
     done: int = 0
     ok: int = 0
+    cut_off: int = 0  # ok rows whose answer stopped at max_tokens (finish_reason length)
     errors: int = 0
     requests: int = 0
     rate_limited: int = 0
@@ -173,7 +174,11 @@ class Reporter:
         elapsed = figures["elapsed_s"]
         rate = c.done / elapsed if elapsed > 0 else 0.0
         figures.update(
-            rows_per_s=round(rate, 2), tokens=c.tokens, output=self._output, rows_left_by_limit=c.left_after()
+            rows_per_s=round(rate, 2),
+            tokens=c.tokens,
+            ok_cut_off=c.cut_off,
+            output=self._output,
+            rows_left_by_limit=c.left_after(),
         )
         lines = [
             f"{_shortened(self._job) if short_name else self._job}: {outcome} after {_clock(elapsed)}, "
@@ -182,6 +187,8 @@ class Reporter:
         ]
         if c.cost is not None:
             lines[-1] += f", {c.cost:,.4f} {c.currency}"
+        if c.cut_off:
+            lines.append(f"{c.cut_off:,} ok rows hit max_tokens (finish_reason length): answers may be cut")
         if c.left_after() and outcome == "finished":
             lines.append(f"--limit {c.limit}: {c.left_after():,} rows remain; run again without --limit to finish")
         if self._output:

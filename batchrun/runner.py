@@ -474,6 +474,7 @@ class Runner:
         self.counters.done += 1
         if row["status"] == "ok":
             self.counters.ok += 1
+            self.counters.cut_off += row.get("finish_reason") == "length"
         else:
             self.counters.errors += 1
         try:
