@@ -158,8 +158,10 @@ class ResultBuilder:
         """The columns every answer fills: text, thoughts, tool calls, media, finish_reason and usage."""
         message = _message(response)
         content, tagged = self._split(_text(message))
-        own = [message[k] for k in _REASONING_FIELDS if isinstance(message.get(k), str) and message[k]]
-        reasoning = "\n\n".join([*own[:1], *([tagged] if tagged else [])]) or None
+        reasoning = message.get("reasoning_content") or message.get("reasoning")  # vLLM, DeepSeek, LiteLLM
+        reasoning = reasoning if isinstance(reasoning, str) else None
+        if tagged:
+            reasoning = f"{reasoning}\n\n{tagged}" if reasoning else tagged
         usage = response.get("usage") or {}
         details = usage.get("completion_tokens_details") or {}
         google = ((usage.get("extra_properties") or {}).get("google")) or {}
