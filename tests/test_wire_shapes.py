@@ -11,6 +11,7 @@ whole matrix costs one CLI run per transport and mode.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import gzip
 import json
@@ -228,16 +229,19 @@ STREAMED: dict[str, Reply | Callable[[], Reply]] = {
 @dataclass
 class Server:
     """A local OpenAI-compatible server answering each row with the shape its prompt names; it records
-    every request body and when each shape was asked."""
+    every request body, its Authorization header, and when each shape was asked."""
 
     url: str = ""
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    auth: list[str] = field(default_factory=list)
     asked: dict[str, list[float]] = field(default_factory=dict)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.bodies.append(body)
-        shape = body["messages"][-1]["content"]
+        self.auth.append(request.headers.get("Authorization", ""))
+        content = body["messages"][-1]["content"]
+        shape = content if isinstance(content, str) else content[0]["text"]  # the text part before any media
         self.asked.setdefault(shape, []).append(time.monotonic())
         reply = (STREAMED if body.get("stream") else PLAIN)[shape]
         status, headers, raw = reply() if callable(reply) else reply
@@ -461,3 +465,64 @@ def test_n_above_one_is_refused_before_anything_is_sent(server: Server, tmp_path
     done = run_cli(["run", str(tmp_path / "job.yaml")], env={**base_env(), "WIRE_KEY": "sk-local"}, cwd=tmp_path)
     assert done.returncode == 2 and "n must be 1" in done.stderr
     assert len(server.bodies) == before
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_what_a_spec_sends_to_an_openai_compatible_server(server: Server, tmp_path: Path, transport: str) -> None:
+    """The Gemini Developer API's form of the seeds' requests (bare model name, `extra_body.google` at the top
+    level, media as data: URIs, tools, a JSON schema, stream with usage asked for): the body on the wire is the
+    spec, nothing left out, under either transport."""
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\n fake")
+    (tmp_path / "hi.wav").write_bytes(b"RIFF fake WAVE")
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    params = {
+        "stream": True,
+        "temperature": 0,
+        "tools": [tool],
+        "tool_choice": "auto",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}},
+    }
+    google = {"thinking_config": {"include_thoughts": True, "thinking_budget": 10000}, "thought_tag_marker": "think"}
+    write_rows(
+        tmp_path / "input.jsonl", [{"id": "a", "text": "vertex-usage-last", "img": "cat.png", "audio": "hi.wav"}]
+    )
+    spec = {
+        "name": "wire-request",
+        "input": {"path": "input.jsonl", "id_column": "id"},
+        "endpoint": {"kind": "openai", "base_url": server.url, "api_key_env": "WIRE_KEY", "transport": transport},
+        "model": "gemini-2.5-flash",
+        "request": {
+            "system": "You are a helpful assistant.",
+            "prompt": "{text}",
+            "media": [{"column": "img", "type": "image"}, {"column": "audio", "type": "audio"}],
+            "params": params,
+            "google": google,
+        },
+        "retry": {"max_attempts": 1},
+        "output": {"path": "out"},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    before = len(server.bodies)
+    done = run_cli(["run", str(tmp_path / "job.yaml")], env={**base_env(), "WIRE_KEY": "sk-local"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(server.bodies) == before + 1 and server.auth[-1] == "Bearer sk-local"
+    png = base64.b64encode((tmp_path / "cat.png").read_bytes()).decode()
+    wav = base64.b64encode((tmp_path / "hi.wav").read_bytes()).decode()
+    assert server.bodies[-1] == {
+        "model": "gemini-2.5-flash",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "vertex-usage-last"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+                    {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+                ],
+            },
+        ],
+        **params,
+        "stream_options": {"include_usage": True},
+        "extra_body": {"google": google},
+    }
