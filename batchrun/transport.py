@@ -143,8 +143,10 @@ class SdkTransport:
                     ttft = (time.perf_counter() - started) * 1000
                 # synthesize_event_and_data: each item is {"event", "data"}, so an `event: error` is seen
                 event, chunk = (item.get("event"), item.get("data")) if isinstance(item, dict) else (None, item)
-                if event == "error" or not isinstance(chunk, dict):
-                    raise event_error(chunk if error_of(chunk) or event != "error" else {"error": chunk})
+                if event == "error":  # its data may be {"error": {...}} or the error object itself
+                    raise event_error(chunk if error_of(chunk) else {"error": chunk})
+                if not isinstance(chunk, dict):
+                    raise event_error(chunk)
                 assembler.add(chunk)
         except RequestError:
             raise
@@ -278,8 +280,10 @@ def not_a_stream(raw: bytes, content_type: str | None) -> object:
     events = [line[5:].strip() for line in lines if line.startswith("data:")]
     if not events:
         raise MalformedResponseError(
-            f"a streamed request got a {content_type or 'untyped'} reply that is neither an event stream nor"
-            f" JSON ({len(raw)} bytes: {raw[:80].decode(errors='replace')!r})"
+            redact(
+                f"a streamed request got a {content_type or 'untyped'} reply that is neither an event stream"
+                f" nor JSON ({len(raw)} bytes: {raw[:80].decode(errors='replace')!r})"
+            )
         )
     from batchrun.results import StreamAssembler
 
