@@ -166,7 +166,7 @@ class SdkTransport:
             import httpx2
             import openai
 
-            self._client = openai.AsyncOpenAI(
+            self._client = _sdk_client_class()(
                 base_url=self._base_url,
                 api_key="set-per-request",
                 default_headers=self._extra_headers,
@@ -179,6 +179,27 @@ class SdkTransport:
                 ),
             )
         return self._client
+
+
+def _sdk_client_class() -> type[openai.AsyncOpenAI]:
+    """AsyncOpenAI with an event-stream decoder that follows the SSE spec where the SDK's does not: an event
+    without `data:` lines (a lone `retry:` or `id:`, or an extra blank line after an `id:`) is not
+    dispatched, where the SDK yields it with empty data and then fails to parse it as JSON."""
+    import openai
+    from openai._streaming import ServerSentEvent, SSEDecoder
+
+    class Decoder(SSEDecoder):
+        def decode(self, line: str) -> ServerSentEvent | None:
+            if not line and not self._data:
+                self._event, self._retry = None, None
+                return None
+            return super().decode(line)
+
+    class Client(openai.AsyncOpenAI):
+        def _make_sse_decoder(self) -> SSEDecoder:
+            return Decoder()
+
+    return Client
 
 
 class DirectTransport:

@@ -172,7 +172,16 @@ STREAMED: dict[str, Reply | Callable[[], Reply]] = {
         ),
     ),
     "crlf": (200, SSE, events(*HELLO, end="\r\n")),
-    "comments": (200, SSE, b": ping\n\n" + events(HELLO[0], done=False) + b": keep-alive\n\n" + events(HELLO[1])),
+    "comments": (  # comments, a lone retry:, an id: and a blank line more: no event without data: lines
+        200,
+        SSE,
+        b": ping\n\nretry: 3000\n\n"
+        + events(HELLO[0], done=False)
+        + b": keep-alive\nid: 7\n"
+        + events(HELLO[1], done=False)
+        + b"\n"
+        + events(),
+    ),
     "no-space": (200, SSE, events(*HELLO, prefix="data:")),
     "no-done": (200, SSE, events(*HELLO, done=False)),
     "no-finish": (200, SSE, events(chunk({"content": "hel"}), chunk({"content": "lo"}))),
