@@ -17,6 +17,7 @@ RequestError                  one request failed; carried into an `error` row, n
 ├── FinalError                400/403/404 and other refusals: never retried
 └── AnswerError               an answer arrived but is not a whole one; the error row keeps its text and usage
     ├── InvalidOutputError    the answer did not parse or match the schema: asked again (on_invalid_output)
+    │   └── EmptyAnswerError  finished, yet no text, tool call or media: asked again likewise
     └── FilteredError         withheld (finish_reason content_filter, safety, ...): final
 
 RowInputError                 one row cannot become a request (missing value, unreadable media): an `input` row
@@ -146,6 +147,13 @@ class InvalidOutputError(AnswerError):
     """The answer did not parse as JSON or did not match the schema."""
 
     error_type = "invalid_output"
+
+
+class EmptyAnswerError(InvalidOutputError):
+    """The answer finished (not cut off by max_tokens) with no text, tool call or media: an ok row would hold
+    nothing, and the same prompt usually answers on a second try."""
+
+    error_type = "empty_answer"
 
 
 class FilteredError(AnswerError):

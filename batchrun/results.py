@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchrun.errors import (
     AnswerError,
+    EmptyAnswerError,
     FilteredError,
     InvalidOutputError,
     MalformedResponseError,
@@ -47,6 +48,8 @@ _WITHHELD = frozenset(
     }
 )
 _REASONING_FIELDS = ("reasoning_content", "reasoning")  # vLLM, DeepSeek, LiteLLM, OpenRouter
+# finish_reasons of an answer cut off by max_tokens: Vertex may then send no text at all, and that is the answer.
+_CUT_OFF = frozenset({"length", "max_tokens"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +83,8 @@ class ResultBuilder:
 
     def check(self, body: object) -> Reply:
         """The Reply for a 200's JSON; MalformedResponseError when it is not a whole answer (retried like a
-        5xx), FilteredError when the endpoint withheld it, InvalidOutputError when its media do not decode
-        or its JSON does not parse or fit."""
+        5xx), FilteredError when the endpoint withheld it, EmptyAnswerError when it finished with nothing in
+        it, InvalidOutputError when its media do not decode or its JSON does not parse or fit."""
         response = whole(body)
         finish = _choice(response).get("finish_reason")
         if isinstance(finish, str) and finish.lower() in _WITHHELD:
@@ -91,7 +94,19 @@ class ResultBuilder:
                 raw=response,
             )
         media, mime = _media(response)
+        if media is None and not (isinstance(finish, str) and finish.lower() in _CUT_OFF) and self._empty(response):
+            raise EmptyAnswerError(
+                f"the answer is empty (finish_reason {finish}: no text, tool call or media); check the prompt, "
+                "and max_tokens where the model thinks (thoughts count against it)",
+                raw=response,
+            )
         return Reply(response, self._parse(response) if self._wants_json else None, media, mime)
+
+    def _empty(self, response: dict[str, Any]) -> bool:
+        """Whether the first choice carries neither text (thoughts aside) nor a tool call."""
+        message = _message(response)
+        text = self._split(_text(message))[0]
+        return not message.get("tool_calls") and not (isinstance(text, str) and text.strip())
 
     def _parse(self, response: dict[str, Any]) -> str | None:
         """The JSON answer re-serialised, or InvalidOutputError; None when there is no text answer."""

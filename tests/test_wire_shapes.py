@@ -129,6 +129,8 @@ PLAIN: dict[str, Reply | Callable[[], Reply]] = {
     "gzip": (200, {**JSON, "Content-Encoding": "gzip"}, gzip.compress(answer())),
     "length": (200, JSON, answer(finish="length")),
     "content-filter": (200, JSON, answer({"role": "assistant", "content": None}, "content_filter")),
+    "empty-stop": (200, JSON, answer({"role": "assistant", "content": ""})),
+    "null-stop": (200, JSON, answer({"role": "assistant", "content": None})),
     "safety": (200, JSON, answer({"role": "assistant", "content": ""}, "SAFETY")),
     "html-200": (200, {"Content-Type": "text/html"}, b"<html><body>502 Bad Gateway</body></html>"),
     "error-200": (200, JSON, error_body(500, "INTERNAL", True)),
@@ -227,6 +229,7 @@ STREAMED: dict[str, Reply | Callable[[], Reply]] = {
         ),
     ),
     "content-filter": (200, SSE, events(chunk({"content": ""}, "content_filter", usage=USAGE))),
+    "empty-stop": (200, SSE, events(chunk({"role": "assistant"}), chunk({"content": ""}, "stop", usage=USAGE))),
     "length": (200, SSE, events(chunk({"content": "hel"}, "length", usage=USAGE))),
     "json-as-text-plain": (200, {"Content-Type": "text/plain"}, answer()),
     "events-as-text-plain": (200, {"Content-Type": "text/plain"}, events(*HELLO)),
@@ -311,7 +314,8 @@ def fields(row: dict[str, Any], *names: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_plain_answer_shapes_become_the_rows_they_are(server: Server, tmp_path: Path, transport: str) -> None:
-    """Every non-streamed shape: whole answers are ok rows with what they hold, the rest error rows saying why."""
+    """Every non-streamed shape: whole answers are ok rows with what they hold, the rest (an empty answer
+    among them) error rows saying why."""
     rows, summary = run_shapes(server, tmp_path, list(PLAIN), transport, stream=False)
 
     image = rows["vertex-image"]
@@ -358,6 +362,15 @@ def test_plain_answer_shapes_become_the_rows_they_are(server: Server, tmp_path: 
         row = rows[shape]
         assert row["status"] == "error" and row["error_type"] == "content_filter" and row["attempts"] == 1, row
         assert row["finish_reason"] == reason and reason in row["error_message"] and row["total_tokens"] == 8
+    for shape in ("empty-stop", "null-stop"):  # finished with nothing in it: asked again, then an error row
+        assert fields(rows[shape], "status", "error_type", "finish_reason", "attempts", "total_tokens") == {
+            "status": "error",
+            "error_type": "empty_answer",
+            "finish_reason": "stop",
+            "attempts": 2,
+            "total_tokens": 8,
+        }, shape
+        assert "the answer is empty" in rows[shape]["error_message"]
     assert fields(rows["html-200"], "status", "error_type", "attempts") == {
         "status": "error",
         "error_type": "malformed_response",
@@ -446,6 +459,11 @@ def test_streamed_answer_shapes_become_the_rows_they_are(server: Server, tmp_pat
         "status": "ok",
         "content": "hel",
         "finish_reason": "length",
+    }
+    assert fields(rows["empty-stop"], "status", "error_type", "attempts") == {
+        "status": "error",
+        "error_type": "empty_answer",
+        "attempts": 2,
     }
     assert summary["ok_cut_off"] == 1
     html = rows["html-200"]
