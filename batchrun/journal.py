@@ -137,10 +137,11 @@ class Journal:
             return
         self._write(line)
 
-    def mark(self, rid: str, attempt: int) -> None:
-        """Write that the row `rid` was sent its `attempt`-th request (counted over every run)."""
-        if self.failure is None:
-            self._write(json.dumps({_SENT: rid, "attempt": attempt}, ensure_ascii=False).encode() + b"\n")
+    def mark(self, sends: dict[str, int]) -> None:
+        """Write that each row id was sent its n-th request (counted over every run), all in one append."""
+        if self.failure is None and sends:
+            lines = (json.dumps({_SENT: rid, "attempt": n}, ensure_ascii=False) + "\n" for rid, n in sends.items())
+            self._write("".join(lines).encode())
 
     def _write(self, line: bytes) -> None:
         """Append one line to the current segment, in one open-write-close."""
