@@ -168,10 +168,14 @@ class Journal:
         return sealed
 
     def release(self, sealed: int) -> None:
-        """Remove segments up to `sealed`: a committed part holds their rows now."""
+        """Remove segments up to `sealed`: a committed part holds their rows now.
+
+        A segment that cannot be removed (the disk turned read-only) is left for the next run, whose fold
+        skips the ids a part already holds.
+        """
         for path in segments(self._directory, self._name):
             if int(path[-len(SUFFIX) - 5 : -len(SUFFIX)]) <= sealed:
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     os.remove(path)
 
     async def _sync_loop(self) -> None:

@@ -181,7 +181,7 @@ def _owned_batches(source: Source, shard: Shard, renderer: Renderer) -> Iterator
 class Plan:
     """What this run does to the saved rows: which it skips, which it sends again and replaces, which leave."""
 
-    skip: SavedIds  # saved ids not sent this run
+    skip: SavedIds  # saved ids of input rows not sent this run (gone ids are no input row's)
     replace: pl.DataFrame  # id, part: saved rows sent again, each replaced in its part when its new row is written
     gone: pl.DataFrame  # id, part: saved rows of ids no longer in the input, dropped before sending
     left: int  # rows to send again that sit in parts written under another task count: not sent
@@ -220,7 +220,7 @@ def decide(
     placed = saved.with_columns(may_write.alias("rewritable"))
     replace = placed.filter(again & pl.col("rewritable"))
     left = placed.filter(again & ~pl.col("rewritable"))
-    skip = placed.filter(~again | ~pl.col("rewritable")).get_column("id")
+    skip = placed.filter((~again | ~pl.col("rewritable")) & (pl.col("state") != "gone")).get_column("id")
     notes = []
     if changed:
         how = (
@@ -273,7 +273,8 @@ def _refusal(comparison: Comparison, spec: JobSpec, recorded: dict[str, Any] | N
     rows = comparison.rows
     changed = rows.filter(pl.col("state") == "changed")
     keys = changed_keys(recorded, spec)
-    why = f"the spec's {', '.join(keys)} differ from the run that wrote them" if keys else "their input text changed"
+    verb = "differs" if len(keys) == 1 else "differ"
+    why = f"the spec's {', '.join(keys)} {verb} from the run that wrote them" if keys else "their input text changed"
     tokens = int(changed.get_column("total_tokens").fill_null(0).sum())
     cost = cost_of(changed, spec)
     price = f" (about {cost['total']:,.4f} {cost['currency']} at report.prices)" if cost else ""

@@ -17,6 +17,8 @@ from batchrun.schema import ResultRow, output_schema
 from batchrun.shards import Shard
 from batchrun.sink import OutputWriter, PartWriter
 
+from .faults import tmpfs
+
 TAG = "0000of0001"
 SCHEMA = output_schema([])
 
@@ -116,3 +118,20 @@ def test_a_committed_part_releases_its_segments(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert part_ids(tmp_path) == ["a", "b", "c", "d", "e"]
+
+
+def test_a_segment_the_disk_will_not_let_go_stays_for_the_next_fold(tmp_path: Path) -> None:
+    """A disk turned read-only after a part committed: releasing its segment fails quietly, and the next run's fold
+    skips the ids the part holds."""
+    with tmpfs(tmp_path / "out", "4m") as disk:
+        output = tmp_path / "out"
+        journal = Journal(str(output / META_DIR), f"{TAG}-run1")
+        journal.append(row("a"))
+        sealed = journal.seal()
+        disk.remount("ro")
+        journal.release(sealed)
+        assert len(segments(str(output / META_DIR), TAG)) == 1
+        disk.remount("rw")
+        writer = PartWriter(OutputWriter(str(output), Shard()), SCHEMA, flush_rows=1000, flush_seconds=60)
+        assert writer.recover() == 1
+        assert part_ids(output) == ["a"]

@@ -54,11 +54,12 @@ def test_an_edited_prompt_is_refused_with_counts_then_refresh_resends_exactly_th
     before = sim.stats()["requests"]
     refused = job.run("run")
     assert refused.returncode == 2, refused.stderr
-    assert "20 saved rows changed since they were answered (the spec's request.prompt differ" in refused.stderr
+    assert "20 saved rows changed since they were answered (the spec's request.prompt differs" in refused.stderr
     assert "--refresh" in refused.stderr and "--keep" in refused.stderr and "tokens" in refused.stderr
     assert sim.stats()["requests"] == before
     figures = status(job)
     assert (figures["changed"], figures["done"], figures["pending"], figures["gone"]) == (20, 0, 0, 0)
+    assert not figures["kept"]
     refreshed = job.run("run", "--refresh")
     assert refreshed.returncode == 0, refreshed.stderr
     assert sim.stats()["requests"] == before + 20
@@ -72,7 +73,8 @@ def test_an_edited_prompt_is_refused_with_counts_then_refresh_resends_exactly_th
 
 
 def test_keep_sends_only_pending_rows_and_is_remembered_for_that_spec(sim: Sim, make_job: Any) -> None:
-    """--keep leaves the old answers and sends only the appended rows; the same spec then runs with no flag."""
+    """--keep leaves the old answers and sends only the appended rows; the same spec then runs with no flag, and
+    status says the changed rows are kept."""
     job: Job = make_job(rows(10))
     assert job.run("run").returncode == 0
     edit_prompt(job, "Summarise: {text}")
@@ -87,6 +89,9 @@ def test_keep_sends_only_pending_rows_and_is_remembered_for_that_spec(sim: Sim, 
     assert all("Classify" in c for c in table["content"][:10]) and all("Summarise" in c for c in table["content"][10:])
     assert job.run("run").returncode == 0, "--keep is remembered for this spec over this input"
     assert sim.stats()["requests"] == before + 3
+    figures = status(job)
+    assert (figures["changed"], figures["kept"], figures["pending"]) == (10, True, 0)
+    assert "10 saved rows answer a request that changed since, kept as `run --keep` asked" in job.run("status").stdout
 
 
 def test_appended_rows_are_simply_pending(sim: Sim, make_job: Any) -> None:
@@ -122,7 +127,8 @@ def test_a_fixed_malformed_line_gives_one_row_per_input(sim: Sim, make_job: Any)
 
 
 def test_removed_input_rows_leave_the_output(sim: Sim, make_job: Any) -> None:
-    """Rows removed from the input are counted gone by status and hidden by report, then the run drops them."""
+    """Rows removed from the input are counted gone by status and hidden by report, then the run drops them
+    without counting them among its rows done."""
     job: Job = make_job(rows(20))
     assert job.run("run").returncode == 0
     write_rows(job.dir / "input.jsonl", rows(12))
@@ -130,10 +136,34 @@ def test_removed_input_rows_leave_the_output(sim: Sim, make_job: Any) -> None:
     report = json.loads(job.run("report", "--json").stdout)
     assert report["rows"]["total"] == 12
     before = sim.stats()["requests"]
-    assert job.run("run").returncode == 0
+    rerun = job.run("run")
+    assert rerun.returncode == 0
     assert sim.stats()["requests"] == before
+    summary = json.loads(rerun.stderr.strip().splitlines()[-1])
+    assert summary["rows_done"] == summary["rows_total"] == 12, "gone rows are not counted as done"
     assert_answers(job.table(), {r["id"] for r in rows(12)}, "Classify")
     assert status(job)["gone"] == 0
+
+
+def test_cloud_run_tasks_refresh_each_their_own_shard(sim: Sim, make_job: Any) -> None:
+    """Three tasks on one output: after an edit each task refuses, then --refresh sends exactly its own changed rows,
+    drops its own gone rows, and together they leave one new answer per current id."""
+    job: Job = make_job(rows(30))
+    tasks = [("--shard", f"{i}/3") for i in range(3)]
+    assert all(job.run("run", *task).returncode == 0 for task in tasks)
+    edit_prompt(job, "Summarise: {text}")
+    write_rows(job.dir / "input.jsonl", rows(24))
+    before = sim.stats()["requests"]
+    assert all(job.run("run", *task).returncode == 2 for task in tasks)
+    assert sim.stats()["requests"] == before
+    for task in tasks:
+        result = job.run("run", "--refresh", *task)
+        assert result.returncode == 0, result.stderr
+    assert sim.stats()["requests"] == before + 24
+    assert all(sim.counts().get(f"Summarise: review number {i}") == 1 for i in range(24))
+    assert_answers(job.table(), {r["id"] for r in rows(24)}, "Summarise")
+    figures = status(job)
+    assert (figures["done"], figures["gone"]) == (24, 0)
 
 
 def test_an_output_of_other_ids_is_refused(sim: Sim, make_job: Any) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 import polars as pl
 
 from batchrun.commands import tables
-from batchrun.rerun import compare
+from batchrun.rerun import compare, job_record, keep_key
 from batchrun.saved import SavedOutput
 from batchrun.shards import Shard, owner, shard_of_part
+from batchrun.sources import Source
 from batchrun.spec import JobSpec
 
 _COUNTS = ("rows", "ok", "error", "changed", "pending", "gone")
@@ -77,11 +78,14 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
         )
     totals = {name: sum(r[name] for r in shard_rows) for name in _COUNTS}
     stored = saved.table(["id"], parts)
+    recorded = saved.meta() or {}
+    kept = bool(totals["changed"]) and recorded.get("kept") == keep_key(job_record(spec, Source(spec.input).identity()))
     return {
         "job": spec.name,
         "output": spec.output.path,
         **totals,
         "done": totals["ok"] + totals["error"],
+        "kept": kept,
         "unhashed": int((frame.get_column("status").is_not_null() & frame.get_column("request_hash").is_null()).sum()),
         "duplicates": len(stored) - stored.get_column("id").n_unique(),
         "parts": len(parts),
@@ -98,7 +102,12 @@ def format_status(figures: dict[str, Any]) -> str:
         f"{figures['gone']:,} gone, in {figures['parts']:,} part files"
     )
     warnings = []
-    if figures["changed"]:
+    if figures["changed"] and figures["kept"]:
+        warnings.append(
+            f"{figures['changed']} saved rows answer a request that changed since, kept as `run --keep` asked for "
+            "this spec: `run --refresh` sends them again"
+        )
+    elif figures["changed"]:
         warnings.append(
             f"{figures['changed']} saved rows answer a request that changed since: "
             "`run --refresh` sends them again, `run --keep` keeps them"
