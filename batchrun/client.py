@@ -89,14 +89,15 @@ class ChatClient:
         """No rows are left to send: close each connection as its last request ends."""
         self._transport.wind_down()
 
-    async def complete(self, body: dict[str, Any], check: Check) -> Answer:
+    async def complete(self, body: dict[str, Any], check: Check, sent: Callable[[], None] | None = None) -> Answer:
         """The answer for `body`, checked once per attempt by `check`; raises the last RequestError when
-        retries are spent or it is final (a malformed or cut answer is retried like a 5xx)."""
+        retries are spent or it is final (a malformed or cut answer is retried like a 5xx). `sent` is called as
+        each attempt's request goes out."""
         retryable: tuple[type[BaseException], ...] = (RetryableError, AuthExpiredError)
         if self._retry.on_invalid_output:
             retryable = (*retryable, InvalidOutputError)
         try:
-            return await self._attempt(body, check)
+            return await self._attempt(body, check, sent)
         except RequestError as exc:
             first = exc
             if not isinstance(exc, retryable) or self._retry.max_attempts == 1:
@@ -118,7 +119,7 @@ class ChatClient:
                     if attempt.retry_state.attempt_number == 1:
                         raise first
                     attempts += 1
-                    answer = await self._attempt(body, check)
+                    answer = await self._attempt(body, check, sent)
                     answer.attempts = attempts
                     return answer
         except RequestError as exc:
@@ -126,7 +127,7 @@ class ChatClient:
             raise
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _attempt(self, body: dict[str, Any], check: Check) -> Answer:
+    async def _attempt(self, body: dict[str, Any], check: Check, sent: Callable[[], None] | None) -> Answer:
         """One HTTP request, timed, with its token and its place in the limits, and its answer checked."""
         ticket = await self._limits.start(body)
         try:
@@ -135,6 +136,8 @@ class ChatClient:
             self._limits.failed(ticket)
             raise
         self._counters.requests += 1
+        if sent is not None:
+            sent()
         started = time.perf_counter()
         try:
             if body.get("stream"):

@@ -7,6 +7,11 @@ one `write` on the event loop (about 15 us), so the row is in the kernel before 
 the next request, and a killed process loses nothing written. A background thread fsyncs the file
 every `SYNC_EVERY_S`, so a host that crashes loses at most that much.
 
+Each request is marked too, as it is sent (`{"$sent": id, "attempt": n}`, n counting the row's requests
+over every run), so the requests of rows in flight at a kill, sent but never answered, still count: the
+next run carries them on to the row it saves (`attempts`, what `report` sums). The writer marks the rows
+still unanswered again in each new segment, so removing sealed segments never loses a mark.
+
 Readers never see the journal: Parquet parts stay the checkpoint. It is written in numbered
 segments; the writer seals the current one as it takes its buffer for a part and removes sealed
 segments once that part is committed. A run that starts after a kill folds what the segments hold
@@ -24,16 +29,17 @@ import datetime
 import decimal
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from batchrun.schema import ResultRow
 
 PREFIX = "journal-"
 SUFFIX = ".jsonl"
 SYNC_EVERY_S = 0.2
+_SENT = "$sent"
 _TAGS: dict[str, Callable[[str], Any]] = {
     "$bytes": base64.b64decode,
     "$datetime": datetime.datetime.fromisoformat,
@@ -73,15 +79,28 @@ def segments(directory: str, shard_tag: str) -> list[str]:
     return [os.path.join(directory, n) for n in sorted(mine)]
 
 
-def read_rows(paths: list[str]) -> list[ResultRow]:
-    """Every whole line the segments hold, as rows; a line cut short by a host crash is skipped."""
-    rows: list[ResultRow] = []
+def _lines(paths: list[str]) -> Iterator[dict[str, Any]]:
+    """Every whole line the segments hold; a line cut short by a host crash is skipped."""
     for path in paths:
         with open(path, "rb") as handle:
             for line in handle:
                 with contextlib.suppress(ValueError):
-                    rows.append(json.loads(line, object_hook=_untagged))
-    return rows
+                    yield json.loads(line, object_hook=_untagged)
+
+
+def read_rows(paths: list[str]) -> list[ResultRow]:
+    """Every finished row the segments hold."""
+    return [cast("ResultRow", line) for line in _lines(paths) if _SENT not in line]
+
+
+def read_sends(paths: list[str]) -> dict[str, int]:
+    """For each id marked as sent, how many requests it was sent in all (the highest attempt marked)."""
+    sends: dict[str, int] = {}
+    for line in _lines(paths):
+        if _SENT in line:
+            rid, attempt = str(line[_SENT]), int(line.get("attempt") or 0)
+            sends[rid] = max(sends.get(rid, 0), attempt)
+    return sends
 
 
 class Journal:
@@ -116,6 +135,16 @@ class Journal:
             line = json.dumps(row, default=_tagged, ensure_ascii=False).encode() + b"\n"
         except (TypeError, ValueError):
             return
+        self._write(line)
+
+    def mark(self, sends: dict[str, int]) -> None:
+        """Write that each row id was sent its n-th request (counted over every run), all in one append."""
+        if self.failure is None and sends:
+            lines = (json.dumps({_SENT: rid, "attempt": n}, ensure_ascii=False) + "\n" for rid, n in sends.items())
+            self._write("".join(lines).encode())
+
+    def _write(self, line: bytes) -> None:
+        """Append one line to the current segment, in one open-write-close."""
         try:
             try:
                 fd = os.open(self._path(self._sequence), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -8,6 +8,7 @@ then saves every finished row.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import signal
@@ -34,6 +35,8 @@ from batchrun.sources import InputSummary, KeptColumns, Record, Source
 from batchrun.spec import JobSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from batchrun.client import ChatClient
 
 # What the producer hands the workers: a row with its request body, or with None when the worker renders it
@@ -412,7 +415,7 @@ class Runner:
                 except RowInputError as exc:
                     self._finish(writer, self._unrenderable(record, exc), record=record)
                     continue
-            sent = await self._send(client, record, body)
+            sent = await self._send(client, record, body, functools.partial(writer.sent, record.id))
             if sent is None:
                 return
             self._finish(writer, *sent, record=record)
@@ -423,13 +426,13 @@ class Runner:
         return input_error(record.id, f"{where}: {exc}")
 
     async def _send(
-        self, client: ChatClient, record: Record, body: dict[str, Any]
+        self, client: ChatClient, record: Record, body: dict[str, Any], sent: Callable[[], None]
     ) -> tuple[ResultRow, RequestError | None] | None:
         """One row's request, retried by the client, as an ok or error row (with the error that made it); None when
-        the cost cap stopped the run."""
+        the cost cap stopped the run. `sent` journals each request as it goes out."""
         builder = self._builder_for(body)
         try:
-            answer = await client.complete(body, builder.check)
+            answer = await client.complete(body, builder.check, sent)
         except RequestError as exc:
             row = builder.failed(record.id, exc, attempts=exc.attempts)
             row["request_hash"] = self.hasher.of_sent(record, body)

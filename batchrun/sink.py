@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from batchrun import storage
 from batchrun.errors import OutputError, StorageError
-from batchrun.journal import Journal, fold, segments
+from batchrun.journal import Journal, fold, read_rows, read_sends, segments
 from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode, frame_of, same_job
 from batchrun.schema import ResultRow
 from batchrun.shards import Shard, shard_of_part
@@ -41,7 +41,8 @@ class OutputWriter:
         self.shard_tag = shard.tag
         self.meta_path = self.saved.meta_path
         self._replacing: _Placement | None = None
-        self.replaced_attempts: dict[str, int] = {}  # id -> attempts of the saved error rows being replaced
+        # id -> requests sent before this run for rows it sends again: a replaced error row's, and those a kill lost
+        self.replaced_attempts: dict[str, int] = {}
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -210,6 +211,7 @@ class PartWriter:
         self._closing = False
         self.rows_written = 0
         self.held: list[ResultRow] = []  # journaled rows whose ids a part held at recover()
+        self._unsaved: dict[str, int] = {}  # id -> requests sent for it so far (all runs), until its row is added
         remote = storage.is_remote(output.path)
         self._journal = None if remote else Journal(self._meta_dir, f"{output.shard_tag}-{self._run_id}")
 
@@ -228,9 +230,40 @@ class PartWriter:
         if self._journal is None:
             return 0
         left = segments(self._meta_dir, self._output.shard_tag)
+        self._carry_lost_sends(left)
         folded, self.held = fold(left, self._output.saved.holding, lambda rows: self._write(self._part_path(0), rows))
         self.rows_written += folded
         return folded
+
+    def _carry_lost_sends(self, left: list[str]) -> None:
+        """The requests a killed run sent for rows it never answered: marked again in this run's journal (before the
+        old segments go) and added to the `attempts` of the rows this run saves for those ids."""
+        assert self._journal is not None
+        sends = read_sends(left)
+        if not sends:
+            return
+        for row in read_rows(left):
+            sends.pop(row["id"], None)  # an answered row's attempts count its own requests
+        for rid in self._output.saved.holding(set(sends)):
+            del sends[rid]  # saved since (its segments not yet removed at the kill)
+        self._journal.mark(sends)
+        self._unsaved.update(sends)
+        replaced = self._output.replaced_attempts
+        for rid, attempts in sends.items():
+            replaced[rid] = replaced.get(rid, 0) + attempts
+
+    def sent(self, rid: str) -> None:
+        """Mark in the journal that a request for `rid` goes out now (before any answer can be saved)."""
+        if self._journal is not None:
+            attempt = self._unsaved.get(rid, 0) + 1
+            self._unsaved[rid] = attempt
+            self._journal.mark({rid: attempt})
+
+    def _mark_unsaved(self) -> None:
+        """Mark the rows sent and not yet answered again in the current segment, before older segments are removed
+        (one append for them all: 2,000 rows in flight hold the loop about 15 ms per part)."""
+        assert self._journal is not None
+        self._journal.mark(self._unsaved)
 
     def replace_now(self, rows: list[ResultRow]) -> None:
         """Save journaled answers in place of the saved rows they replace (marked by OutputWriter.replace_rows)."""
@@ -264,6 +297,7 @@ class PartWriter:
             )
             raise self._failure
         self._buffer.append(row)
+        self._unsaved.pop(row["id"], None)
         if self._journal is not None:
             self._journal.append(row)
         if len(self._buffer) >= self._flush_rows:
@@ -315,6 +349,7 @@ class PartWriter:
                 return
             self.rows_written += len(rows)
             if self._journal is not None:
+                self._mark_unsaved()
                 self._journal.release(sealed)
 
     def _write(self, path: str, rows: list[ResultRow]) -> None:
@@ -329,4 +364,10 @@ class PartWriter:
             await self._task
         await self.flush()
         if self._journal is not None:
-            await self._journal.close(committed=self._failure is None and not self._buffer)
+            committed = self._failure is None and not self._buffer
+            if committed and self._unsaved:  # requests sent for rows a stop left unanswered: kept for the next run
+                sealed = self._journal.seal()
+                self._mark_unsaved()
+                self._journal.release(sealed)
+                committed = False
+            await self._journal.close(committed=committed)

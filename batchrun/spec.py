@@ -408,7 +408,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 _UNCLOSED = {"quoted scalar": "close the quote", "flow sequence": "close the [", "flow mapping": "close the {"}
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def _yaml_problem(exc: yaml.YAMLError, text: str = "") -> str:
     """Where the YAML goes wrong and why; an unclosed quote or bracket is named where it opens, not at the end."""
     problem = getattr(exc, "problem", None) or str(exc)
     mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
@@ -419,8 +419,31 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
             f"line {context.line + 1}, column {context.column + 1}: not valid YAML ({while_doing} that "
             f"starts here, {problem} at line {mark.line + 1}); {opened}"
         )
+    quote = _quote_run_on(text, mark.line) if mark is not None else None
+    if quote is not None and mark is not None:
+        # The quote closed at a later line's quote, and what follows that one no longer parses.
+        return (
+            f"line {quote.line + 1}, column {quote.column + 1}: not valid YAML (a quoted value starts here and "
+            f"runs on to line {mark.line + 1}, where {problem}); close the quote on line {quote.line + 1}"
+        )
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
     return f"{where}not valid YAML ({problem})"
+
+
+def _quote_run_on(text: str, error_line: int) -> yaml.Mark | None:
+    """Where the last quoted value spanning several lines before `error_line` starts: a quote left open
+    swallows the lines up to the next quote character, and the YAML breaks just after."""
+    start = None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if token.start_mark.line > error_line:
+                break
+            if isinstance(token, yaml.ScalarToken) and token.style in ('"', "'"):
+                spans = token.end_mark.line > token.start_mark.line
+                start = token.start_mark if spans and token.end_mark.line >= error_line else start
+    except yaml.YAMLError:
+        pass
+    return start
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
@@ -435,7 +458,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpecError(f"{spec_path}: {_yaml_problem(exc)}") from None
+        raise SpecError(f"{spec_path}: {_yaml_problem(exc, text)}") from None
     if isinstance(raw, dict) and overrides:
         raw = apply_overrides(raw, overrides)
     return parse_spec(raw, str(spec_path), yaml_lines(text))

@@ -75,15 +75,20 @@ def _remote(path: str, operation: Callable[[Any], T]) -> T:
         bucket = _bucket(path)
         if _remote(path, lambda f: f.exists(bucket)):
             raise  # the object is missing, not the bucket: the caller says what that means
-        raise StorageError(
-            f"{path}: Cloud Storage bucket '{bucket}' does not exist; create it "
-            f"(gcloud storage buckets create gs://{bucket}) or fix the path"
-        ) from None
+        raise _no_bucket(path, bucket) from None
     except Exception as exc:
         failure = _storage_failure(path, fs, exc)
         if failure is None:
             raise
         raise failure from None
+
+
+def _no_bucket(path: str, bucket: str) -> StorageError:
+    """The one-line error for a path in a bucket that does not exist."""
+    return StorageError(
+        f"{path}: Cloud Storage bucket '{bucket}' does not exist; create it "
+        f"(gcloud storage buckets create gs://{bucket}) or fix the path"
+    )
 
 
 def _bucket(path: str) -> str:
@@ -139,9 +144,14 @@ def size_of(path: str) -> int:
 
 
 def exists(path: str) -> bool:
-    """Whether a file or object exists."""
+    """Whether a file or object exists; a path in a bucket that does not exist is a StorageError saying so."""
     if is_remote(path):
-        return bool(_remote(path, lambda fs: fs.exists(path)))
+        if _remote(path, lambda fs: fs.exists(path)):
+            return True
+        bucket = _bucket(path)
+        if not _remote(path, lambda fs: fs.exists(bucket)):  # say so, rather than "no such file" in it
+            raise _no_bucket(path, bucket)
+        return False
     return os.path.exists(path)
 
 

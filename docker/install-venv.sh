@@ -6,7 +6,9 @@
 #
 # VENV gets the locked dependencies (requirements.lock, hashes checked, wheels only, so no compiler
 # is needed) and batchrun from SOURCE (default: the current directory); then what a run never loads
-# is removed: pip and setuptools, pyarrow's tests, headers, Flight and S3 libraries, debug symbols.
+# is removed: pip and setuptools, pyarrow's tests, headers, Cython sources and the extension modules
+# of formats and filesystems batchrun does not use, debug symbols.
+#
 # Bytecode is compiled only for the modules a run imports (one --limit run on the built-in
 # simulator, plus gcsfs), so start-up stays fast without the bytecode of every installed module.
 set -eu
@@ -20,9 +22,19 @@ $pip install --no-compile --no-deps "$source"
 $pip uninstall --yes --quiet pip setuptools
 
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-rm -rf "$site/pyarrow/tests" "$site/pyarrow/include" "$site/pyarrow/src" \
-  "$site"/pyarrow/*flight* "$site"/pyarrow/libarrow_s3.so* "$site"/pyarrow/_s3fs.* \
-  "$site"/pyarrow/_pyarrow_cpp_tests.* "$site"/pyarrow/*.pyx "$site"/pyarrow/*.pxd
+arrow="$site/pyarrow"
+rm -rf "$arrow/tests" "$arrow/include" "$arrow/includes" "$arrow/src" "$arrow"/*.pyx "$arrow"/*.pxd "$arrow"/*.pxi \
+  "$arrow"/*flight* "$arrow"/libarrow_s3.so* "$arrow"/_s3fs.* "$arrow"/_pyarrow_cpp_tests.* \
+  "$arrow"/_orc.* "$arrow"/_dataset_orc.* "$arrow"/orc.py "$arrow"/_hdfs.* "$arrow"/_azurefs.* "$arrow"/_gcsfs.* \
+  "$arrow"/_substrait.* "$arrow"/substrait.py "$arrow"/_cuda.* "$arrow"/cuda.py
+# A wheel cannot hold symlinks, so pyarrow ships each of its Python libraries three times: keep one.
+for library in "$arrow"/libarrow_python*.so.*.*.*; do
+  [ -f "$library" ] || continue
+  short=${library%.*.*}
+  for copy in "${library%.*.*.*}" "$short"; do
+    [ "$copy" = "$library" ] || ln -sf "$(basename "$library")" "$copy"
+  done
+done
 if command -v strip >/dev/null; then
   find "$site" -name '*.so*' -type f -exec strip --strip-unneeded {} +
 fi

@@ -139,7 +139,9 @@ def test_a_bug_in_a_worker_ends_the_run_with_exit_1(make_job: Any, monkeypatch: 
     class Buggy(Runner):
         """Every send has a bug."""
 
-        async def _send(self, client: Any, record: Any, body: dict[str, Any]) -> tuple[ResultRow, RequestError | None]:
+        async def _send(
+            self, client: Any, record: Any, body: dict[str, Any], sent: Any
+        ) -> tuple[ResultRow, RequestError | None]:
             raise KeyError("a bug in a worker")
 
     runner = Buggy(prepare(load_spec(job.spec)), RunOptions())

@@ -129,6 +129,11 @@ REFUSALS = [
         plant=lambda p: (p / "job.yaml").write_text('name: "test-job\n' + (p / "job.yaml").read_text()),
     ),
     Refusal(
+        "unclosed YAML quote closed by a later line's quote",
+        ("job.yaml: line 1, column 7:", "a quoted value starts here", "close the quote on line 1"),
+        plant=lambda p: (p / "job.yaml").write_text('name: "test-job\nmodel: "m"\n' + (p / "job.yaml").read_text()),
+    ),
+    Refusal(
         "${column} read as a variable",
         ("request.prompt", "environment variable price is not set", "$${price} for a literal ${price}"),
         spec={"request__prompt": "Price: ${price}"},

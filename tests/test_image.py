@@ -1,5 +1,4 @@
-"""The container image without a container engine: the lock file against pyproject.toml, the Dockerfile's
-shape, and (slow, it downloads every wheel) the image's install steps run in a clean venv."""
+"""The image is checked without a container engine: its lock, Dockerfile, install steps, commands and size."""
 
 from __future__ import annotations
 
@@ -9,13 +8,15 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.conftest import REPO
+from tests.conftest import REPO, Gcs
 from tests.faults import record
 
 LOCK = REPO / "requirements.lock"
@@ -103,11 +104,36 @@ def _clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
 
 
-@pytest.mark.slow
-def test_the_image_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
-    """docker/install-venv.sh, as the build stage runs it, in a new venv: hashes checked, the sample job
-    runs (the script's own warm-up), `batchrun --version` answers, pip is gone; prints the venv's size."""
-    venv = tmp_path / "venv"
+# The image's size without a container engine: the base image as published, plus what the runtime stage adds.
+# python:3.11-slim-bookworm (amd64) is "~ 130.01 Mb" on disk in docker-library/repo-info
+# (repos/python/local/3.11-slim-bookworm.md, python:3.11.16): counted here as MiB, the larger reading.
+BASE_IMAGE_BYTES = round(130.01 * 2**20)
+IMAGE_BUDGET_BYTES = 350_000_000
+# The venv today (docker/install-venv.sh, requirements.lock as locked): a ceiling that catches growth.
+VENV_CEILING_BYTES = 330_000_000
+PRUNED = ["pyarrow/include", "pyarrow/includes", "pyarrow/tests", "pyarrow/_flight*", "pyarrow/_substrait*",
+          "pyarrow/_orc*", "pyarrow/_hdfs*", "pyarrow/_azurefs*", "pyarrow/_s3fs*", "pyarrow/*.pyx",
+          "pyarrow/*.pxd", "pyarrow/*.pxi", "pip", "setuptools"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ImageVenv:
+    """The venv docker/install-venv.sh made, its site-packages, and the bytes the runtime stage adds."""
+
+    root: Path
+    site: Path
+    added_bytes: int
+
+
+def _file_bytes(root: Path) -> int:
+    """The bytes of the regular files under `root`, as an image layer holds them (a symlink is a few bytes)."""
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+@pytest.fixture(scope="module")
+def image_venv(tmp_path_factory: pytest.TempPathFactory) -> ImageVenv:
+    """docker/install-venv.sh, as the build stage runs it, into a new venv made by the base interpreter."""
+    venv = tmp_path_factory.mktemp("image") / "venv"
     python = getattr(sys, "_base_executable", sys.executable)
     result = subprocess.run(
         ["sh", str(REPO / "docker" / "install-venv.sh"), str(venv), str(REPO)],
@@ -117,9 +143,56 @@ def test_the_image_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
         timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    version = subprocess.run([str(venv / "bin" / "batchrun"), "--version"], capture_output=True, text=True)
+    (site,) = venv.glob("lib/python3*/site-packages")
+    added = _file_bytes(venv) + _file_bytes(REPO / "jobs") + _file_bytes(REPO / "sample_data")
+    return ImageVenv(venv, site, added)
+
+
+@pytest.mark.slow
+def test_the_image_install_steps_work_in_a_clean_venv(image_venv: ImageVenv, gcs_server: Gcs, tmp_path: Path) -> None:
+    """The slimmed venv alone (no PYTHONPATH, nothing of the test venv) runs every command a task or a user runs:
+    the sample job on the simulator, status, report, export, and the same with a gs:// output on the emulator;
+    what the script removed is gone and pip with it; prints the venv's size and the image's."""
+    bin_dir = image_venv.root / "bin"
+    version = subprocess.run([str(bin_dir / "batchrun"), "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("batchrun "), version
-    assert not (venv / "bin" / "pip").exists()
-    assert shutil.which("python3", path=str(venv / "bin"))
-    size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
-    record("image venv", installed_mb=round(size / 2**20))
+    assert shutil.which("python3", path=str(bin_dir))
+    for pattern in PRUNED:
+        assert not list(image_venv.site.glob(pattern)), f"{pattern} is still in the image's venv"
+    shutil.copytree(REPO / "jobs", tmp_path / "jobs")
+    shutil.copytree(REPO / "sample_data", tmp_path / "sample_data")
+    env = {**_clean_environ(), **gcs_server.env}
+    for output in ("out/sample", f"{gcs_server.make_bucket()}/sample"):
+        at = ["--set", f"output.path={output}"]
+        for command in (["run", "--limit", "20"], ["run"], ["status"], ["report"], ["export"]):
+            args = [command[0], "jobs/reviews-sentiment.yaml", *command[1:], *at]
+            if command == ["export"]:
+                args.insert(2, f"{output}-export.parquet")
+            result = subprocess.run(
+                [str(bin_dir / "batchrun"), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+            )
+            assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr[-3000:])
+            assert "Traceback" not in result.stderr, result.stderr
+            if command == ["status"]:
+                assert "60 done (60 ok, 0 error)" in result.stdout, result.stdout
+    exported = pq.read_table(tmp_path / "out" / "sample-export.parquet")
+    assert exported.num_rows == 60
+    record(
+        "image venv",
+        venv_bytes=_file_bytes(image_venv.root),
+        runtime_stage_adds_bytes=image_venv.added_bytes,
+        base_image_bytes=BASE_IMAGE_BYTES,
+        image_estimate_mb=round((image_venv.added_bytes + BASE_IMAGE_BYTES) / 1e6),
+    )
+    assert image_venv.added_bytes <= VENV_CEILING_BYTES, image_venv.added_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="polars' runtime library alone is 137.6 MB and pyarrow 81.9 MB: with the 136 MB base the image is "
+    "about 459 MB; under 350 MB needs batchrun's runtime to stop importing polars (docs/cloud-run.md, Size)",
+)
+def test_the_image_is_under_its_size_budget(image_venv: ImageVenv) -> None:
+    """The base image's published size plus what the runtime stage adds stays under 350 MB."""
+    assert BASE_IMAGE_BYTES + image_venv.added_bytes < IMAGE_BUDGET_BYTES

@@ -146,6 +146,20 @@ def test_a_missing_bucket_is_one_line_naming_it(gcs: Gcs, tmp_path: Path) -> Non
     assert "gcloud storage buckets create gs://no-such-bucket-batchrun" in message
 
 
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_an_input_in_a_missing_bucket_names_the_bucket(gcs: Gcs, tmp_path: Path, command: str) -> None:
+    """input.path in a bucket that does not exist: exit 2, one line saying the bucket is missing, not the file."""
+    spec = _gs_job(tmp_path, "out")
+    spec.write_text(spec.read_text().replace("path: in.jsonl", "path: gs://no-such-bucket-batchrun/in.jsonl"))
+    result = run_cli([command, str(spec)], env={**base_env(), **gcs.env}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (message,) = _storage_complaints(result.stderr)
+    assert "gs://no-such-bucket-batchrun/in.jsonl: Cloud Storage bucket 'no-such-bucket-batchrun' does not exist" in (
+        message
+    )
+
+
 @pytest.mark.slow
 def test_unreachable_storage_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     """Cloud Storage that does not answer: after gcsfs's own retries (about 35 s), exit 3 and one line, no traceback."""
