@@ -182,7 +182,8 @@ class Source:
         chosen = None if columns is None else [name for name in names if name in columns] or names[:1]
         row = 0
         try:
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=chosen):
+            # One thread: Arrow's decoding threads each leave a malloc arena behind (11 MB more at peak).
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=chosen, use_threads=False):
                 for data in batch.to_pylist():
                     yield row, row + 1, data, None
                     row += 1
