@@ -167,7 +167,7 @@ class ChatClient:
             self._limits.failed(ticket)
         if isinstance(error, AuthExpiredError):
             if not self._connection.is_google:
-                raise FinalError(error.message, http_status=401) from None
+                raise FinalError(error.message, http_status=401) from error
             self._connection.tokens.rejected(token)
 
 

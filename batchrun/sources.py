@@ -141,7 +141,7 @@ class Source:
                     yield row, line_no, data, error
                     row += 1
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot read the input ({exc})") from None
+            raise InputError(f"{self.path}: cannot read the input ({exc})") from exc
 
     def _parse_line(self, raw: bytes, line_no: int) -> tuple[dict[str, Any] | None, str | None]:
         """One JSONL line as a record, or the message that says what is wrong with it and how to fix it."""
@@ -171,7 +171,7 @@ class Source:
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(
                 f"{self.path}: not a readable Parquet file ({exc}); was it truncated or still being written?"
-            ) from None
+            ) from exc
 
     def _parquet_rows(
         self, columns: Collection[str] | None = None
@@ -189,7 +189,7 @@ class Source:
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(
                 f"{self.path}: Parquet data unreadable after row {row} ({exc}); the file is damaged: regenerate it"
-            ) from None
+            ) from exc
 
     def summarize(self, keep_columns: list[str], owns: Callable[[str], bool] | None = None) -> InputSummary:
         """One full pass: count rows (and this shard's), reject missing or duplicate ids, learn the columns."""
