@@ -72,11 +72,6 @@ class ChatClient:
             headers=connection.headers,
         )
 
-    @property
-    def concurrency(self) -> int:
-        """Requests in flight at most, as the limits hold them."""
-        return self._limits.concurrency
-
     async def close(self) -> None:
         """Close the HTTP connections."""
         await self._transport.close()

@@ -111,6 +111,11 @@ def keep_key(record: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def kept_for(recorded: dict[str, Any] | None, record: dict[str, Any]) -> bool:
+    """Whether `run --keep` was given for this spec over this input, so its changed rows stay as they are."""
+    return recorded is not None and recorded.get("kept") == keep_key(record)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Every input id and every saved id of a shard, each with its state: done, changed, pending or gone."""

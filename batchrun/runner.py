@@ -24,13 +24,13 @@ from batchrun.limits import CapReached, CostCap, Limits
 from batchrun.prices import PriceBook, may_serve, price_book, require_cap_prices, row_usage
 from batchrun.progress import Counters, Reporter
 from batchrun.prompts import Renderer, RowInputError
-from batchrun.rerun import RequestHasher, answered, compare, decide, job_record, keep_key
+from batchrun.rerun import RequestHasher, answered, compare, decide, job_record, keep_key, kept_for
 from batchrun.results import ResultBuilder, input_error
 from batchrun.saved import SavedIds
-from batchrun.schema import ResultRow, output_schema
+from batchrun.schema import KeptColumns, ResultRow, output_schema
 from batchrun.shards import Shard
 from batchrun.sink import OutputWriter, PartWriter
-from batchrun.sources import InputSummary, KeptColumns, Record, Source
+from batchrun.sources import InputSummary, Record, Source
 from batchrun.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class Runner:
             with PacedCollector():
                 outcome = "failed"
                 try:
-                    limited = await self._pool(client, writer, done)
+                    limited = await self._pool(client, limits.concurrency, writer, done)
                     outcome = "finished" if self._stop_reason is None else "stopped"
                 except BatchrunError:
                     outcome = "stopped"
@@ -248,7 +248,7 @@ class Runner:
 
         comparison = compare(self.spec, output.saved, options.shard)
         recorded = output.saved.meta()
-        kept_before = recorded is not None and recorded.get("kept") == keep_key(record)
+        kept_before = kept_for(recorded, record)
         plan = decide(
             comparison,
             self.spec,
@@ -331,9 +331,9 @@ class Runner:
             self.reporter.note("WARNING", f"{self.spec.name}: {reason}; saving finished rows")
         self._stopping.set()
 
-    async def _pool(self, client: ChatClient, writer: PartWriter, done: SavedIds) -> bool:
-        """Feed the workers and wait for them; returns True when --limit cut the run short."""
-        concurrency = client.concurrency
+    async def _pool(self, client: ChatClient, concurrency: int, writer: PartWriter, done: SavedIds) -> bool:
+        """Feed `concurrency` workers (one per slot the limits hold) and wait for them; returns True when --limit cut
+        the run short."""
         queue: RowQueue = asyncio.Queue(maxsize=min(concurrency * 2, 256))
         workers = [asyncio.create_task(self._worker(queue, client, writer)) for _ in range(concurrency)]
         producer = asyncio.create_task(self._produce(queue, writer, done, client))
@@ -463,7 +463,7 @@ class Runner:
         holds it back."""
         if row.get("request_hash") is None:
             row["request_hash"] = self.hasher.of_record(record)  # a row that makes no request: its reason
-        self.kept.fill(row, record)
+        self.kept.fill(row, record.data)
         for ready in self.health.admit(row, error):
             self._save(writer, ready)
 
