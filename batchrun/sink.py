@@ -23,7 +23,8 @@ import pyarrow as pa
 from batchrun import storage
 from batchrun.errors import OutputError, StorageError
 from batchrun.journal import Journal, fold, segments
-from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode, frame_of, same_job
+from batchrun.rerun import same_job
+from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode, frame_of
 from batchrun.schema import ResultRow
 from batchrun.shards import Shard, shard_of_part
 
