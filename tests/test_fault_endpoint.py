@@ -14,7 +14,7 @@ from tenacity import AsyncRetrying, RetryCallState
 
 from batchrun.client import BACKOFF_INITIAL_S, BACKOFF_MAX_S, _wait
 from batchrun.errors import RateLimitedError
-from batchrun.limits import AdaptivePace
+from batchrun.pace import AdaptivePace
 from tests.faults import Step, drive, finished_table, numbered_rows, outcome, record
 from tests.virtual_time import now, run
 
