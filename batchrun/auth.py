@@ -113,7 +113,7 @@ class GoogleTokens:
                     raise StoppedError(
                         f"Google auth refused the credentials: {redact.redact(str(exc))} "
                         "(check the service account key, its roles, and GOOGLE_APPLICATION_CREDENTIALS)"
-                    ) from None
+                    ) from exc
             except google.auth.exceptions.TransportError:
                 pass
             await asyncio.sleep(wait)

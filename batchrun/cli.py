@@ -118,7 +118,7 @@ def _stop_before_start(signum: int, _: object) -> None:
 
 def _validate(args: argparse.Namespace, spec: JobSpec) -> int:
     """`batchrun validate`: everything a run checks before its first request."""
-    from batchrun.runner import prepare
+    from batchrun.prepare import prepare
 
     prepared = prepare(spec)
     summary = prepared.summary
@@ -135,7 +135,7 @@ def _validate(args: argparse.Namespace, spec: JobSpec) -> int:
 def _estimate(args: argparse.Namespace, spec: JobSpec) -> int:
     """`batchrun estimate`: everything a run checks first, then the job's size and cost; sends nothing."""
     from batchrun.estimate import estimate_job, format_estimate
-    from batchrun.runner import prepare
+    from batchrun.prepare import prepare
 
     if args.sample is not None and args.sample < 1:
         raise BatchrunError("--sample must be 1 or more")

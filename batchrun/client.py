@@ -72,11 +72,6 @@ class ChatClient:
             headers=connection.headers,
         )
 
-    @property
-    def concurrency(self) -> int:
-        """Requests in flight at most, as the limits hold them."""
-        return self._limits.concurrency
-
     async def close(self) -> None:
         """Close the HTTP connections."""
         await self._transport.close()
@@ -170,7 +165,7 @@ class ChatClient:
             self._limits.failed(ticket)
         if isinstance(error, AuthExpiredError):
             if not self._connection.is_google:
-                raise FinalError(error.message, http_status=401) from None
+                raise FinalError(error.message, http_status=401) from error
             self._connection.tokens.rejected(token)
 
 

@@ -40,7 +40,7 @@ def google_credentials() -> Any:
     try:
         credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
     except google.auth.exceptions.DefaultCredentialsError as exc:
-        raise CredentialsError(_unusable(exc, key_file)) from None
+        raise CredentialsError(_unusable(exc, key_file)) from exc
     return credentials
 
 
@@ -58,7 +58,7 @@ def _check_readable(key_file: str) -> None:
         raise CredentialsError(
             f"GOOGLE_APPLICATION_CREDENTIALS names {key_file}, which cannot be read ({exc.strerror}); "
             "point it at a readable service-account key file"
-        ) from None
+        ) from exc
 
 
 def _unusable(exc: Exception, key_file: str | None) -> str:

@@ -95,7 +95,7 @@ def _simulator_config(spec: EndpointSpec) -> SimulatorConfig:
     try:
         return SimulatorConfig.from_mapping(spec.simulator)
     except ValueError as exc:
-        raise SpecError(f"endpoint.simulator: {exc}") from None
+        raise SpecError(f"endpoint.simulator: {exc}") from exc
 
 
 @contextmanager

@@ -14,9 +14,9 @@ from typing import Any
 
 from batchrun import tokens
 from batchrun.commands import tables
+from batchrun.prepare import Prepared
 from batchrun.prices import FLEX, PRIORITY, STANDARD, price_book
 from batchrun.prompts import RowInputError
-from batchrun.runner import Prepared
 from batchrun.sources import BATCH_ROWS
 
 _OPTIONS = {"standard": STANDARD, "flex": FLEX, "priority": PRIORITY}

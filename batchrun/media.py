@@ -131,7 +131,7 @@ def _inline(column: str, kind: str, path: str) -> tuple[str, str]:
         raise RowInputError(
             f"media column '{column}': cannot read {path} ({exc.strerror or exc}); "
             "fix the path (relative paths resolve from the working directory)"
-        ) from None
+        ) from exc
     mime = mime_from_name(path, kind) or sniff(raw)
     if mime is None:
         raise RowInputError(

@@ -30,7 +30,7 @@ class _Template:
         try:
             fields = tuple(name for _, name, _, _ in string.Formatter().parse(text) if name is not None)
         except ValueError as exc:
-            raise SpecError(f"{where}: bad template ({exc}); write literal braces as {{{{ and }}}}") from None
+            raise SpecError(f"{where}: bad template ({exc}); write literal braces as {{{{ and }}}}") from exc
         for name in fields:
             if not name or any(c in name for c in ".[]"):
                 raise SpecError(f"{where}: placeholder {{{name}}} must name a column, e.g. {{text}}")
@@ -47,7 +47,7 @@ class _Template:
         try:
             return self.text.format_map(values)
         except (ValueError, TypeError) as exc:
-            raise RowInputError(f"template cannot format this row's values ({exc})") from None
+            raise RowInputError(f"template cannot format this row's values ({exc})") from exc
 
 
 class Renderer:
@@ -122,7 +122,7 @@ class Renderer:
                 try:
                     messages = json.loads(messages)
                 except json.JSONDecodeError as exc:
-                    raise RowInputError(f"column '{column}' is not a JSON messages list ({exc.msg})") from None
+                    raise RowInputError(f"column '{column}' is not a JSON messages list ({exc.msg})") from exc
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                 raise RowInputError(f"column '{column}' must hold a list of {{role, content}} messages")
             result = list(messages)
@@ -161,7 +161,7 @@ class Renderer:
             try:
                 response_format(body["response_format"], read_files=False)
             except ValueError as exc:
-                raise RowInputError(f"body.{exc}") from None
+                raise RowInputError(f"body.{exc}") from exc
         if body.get("n", 1) != 1:
             raise RowInputError(f"body.n: {NO_N}")
         result = dict(body)

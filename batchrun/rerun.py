@@ -8,6 +8,9 @@ before request_hash existed cannot be compared and counts as done.
 The hash covers the request body as sent (model, messages, params, extra_body) and the endpoint's
 identity (kind, project, location, endpoint id, API version, base URL): never a token, key or header.
 Media parts are hashed as their column value (the path or URI), so comparing never reads a file.
+
+The job record (job.json) is compared here too, and only here: whether it says this spec over this input,
+which request-shaping keys changed since, and whether `--keep` holds for them.
 """
 
 from __future__ import annotations
@@ -109,6 +112,16 @@ def keep_key(record: dict[str, Any]) -> str:
     """What job.json's `kept` holds after --keep: this spec over this input, so the same run asks no more."""
     text = json.dumps({key: record[key] for key in ("fingerprint", "input", "request")}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def same_job(recorded: dict[str, Any] | None, record: dict[str, Any]) -> bool:
+    """Whether job.json was written for this spec over this input (so it need not be written again)."""
+    return recorded is not None and all(recorded.get(key) == value for key, value in record.items())
+
+
+def kept_for(recorded: dict[str, Any] | None, record: dict[str, Any]) -> bool:
+    """Whether `run --keep` was given for this spec over this input, so its changed rows stay as they are."""
+    return recorded is not None and recorded.get("kept") == keep_key(record)
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class ResultBuilder:
         try:
             value = json.loads(text)
         except ValueError as exc:
-            raise InvalidOutputError(f"answer is not valid JSON ({exc})", raw=response) from None
+            raise InvalidOutputError(f"answer is not valid JSON ({exc})", raw=response) from exc
         if self._validator is not None:
             problem = next(iter(self._validator.iter_errors(value)), None)
             if problem is not None:
@@ -318,7 +318,7 @@ def _media(response: dict[str, Any]) -> tuple[bytes | None, str | None]:
     try:
         data = base64.b64decode(str(audio["data"]), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidOutputError(f"the answer's media (audio.data) is not valid base64 ({exc})", raw=response) from None
+        raise InvalidOutputError(f"the answer's media (audio.data) is not valid base64 ({exc})", raw=response) from exc
     mime = ((audio.get("extra_content") or {}).get("google") or {}).get("mime_type") or audio.get("format")
     return data, mime
 

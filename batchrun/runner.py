@@ -18,20 +18,20 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchrun.collector import PacedCollector
-from batchrun.endpoints import check as check_endpoint
-from batchrun.errors import BatchrunError, OutputError, RequestError, SpecError, StoppedError
+from batchrun.errors import BatchrunError, OutputError, RequestError, StoppedError
 from batchrun.health import EndpointHealth
 from batchrun.limits import CapReached, CostCap, Limits
-from batchrun.prices import PriceBook, may_serve, price_book, require_cap_prices, row_usage
+from batchrun.prepare import Prepared, prepare
+from batchrun.prices import PriceBook, may_serve, row_usage
 from batchrun.progress import Counters, Reporter
-from batchrun.prompts import Renderer, RowInputError
-from batchrun.rerun import RequestHasher, answered, compare, decide, job_record, keep_key
+from batchrun.prompts import RowInputError
+from batchrun.rerun import RequestHasher, answered, compare, decide, job_record, keep_key, kept_for
 from batchrun.results import ResultBuilder, input_error
 from batchrun.saved import SavedIds
-from batchrun.schema import ResultRow, output_schema
+from batchrun.schema import KeptColumns, ResultRow, output_schema
 from batchrun.shards import Shard
 from batchrun.sink import OutputWriter, PartWriter
-from batchrun.sources import InputSummary, KeptColumns, Record, Source
+from batchrun.sources import Record
 from batchrun.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 
     from batchrun.client import ChatClient
 
-# What the producer hands the workers: a row with its request body, or with None when the worker renders it
+# What the producer hands the workers: an input record with its request body, or with None when the worker renders it
 # (media files to read, in a thread); None alone tells a worker to stop.
-RowQueue = asyncio.Queue[tuple[Record, dict[str, Any] | None] | None]
+RecordQueue = asyncio.Queue[tuple[Record, dict[str, Any] | None] | None]
 
 
 @dataclass(frozen=True)
@@ -57,56 +57,6 @@ class RunOptions:
     interactive: bool = False
     grace_s: float = 5.0
     log_interval_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A validated job: its input summary and the renderer, checked against the first rows."""
-
-    spec: JobSpec
-    source: Source
-    summary: InputSummary
-    renderer: Renderer
-    first_request: dict[str, Any] | None
-    prices: PriceBook  # report.prices, and genai-prices' when limits.max_cost needs them
-
-
-def prepare(spec: JobSpec, shard: Shard | None = None) -> Prepared:
-    """Validate the spec, the input and then the credentials, and render the first rows; creates and sends nothing."""
-    source = Source(spec.input)
-    summary = source.summarize(spec.output.keep_columns, shard.owns if shard else None)
-    renderer = Renderer(spec, summary.format)
-    renderer.check_columns(summary.columns, spec.input.path)
-    first: dict[str, Any] | None = None
-    checked = 0
-    for batch in source.batches(size=64, columns=renderer.columns_needed()):
-        for record in batch:
-            if record.data is None:
-                continue
-            try:
-                body = renderer.render(record)
-            except RowInputError:
-                continue
-            first = first or body
-            checked += 1
-        if checked >= 5 or first is not None:
-            break
-    if first is None and summary.rows > summary.broken:
-        raise SpecError(
-            f"none of the first rows of {spec.input.path} renders into a request: "
-            "check request.prompt placeholders against the input's columns"
-        )
-    check_endpoint(spec.endpoint)  # after the input: a user fixes the file before the credentials
-    return Prepared(spec, source, summary, renderer, first, _run_prices(spec))
-
-
-def _run_prices(spec: JobSpec) -> PriceBook:
-    """The prices a run meters its cost with; with limits.max_cost every traffic type it may hit must have one."""
-    if spec.limits.max_cost is None:
-        return price_book(spec, library=False)  # genai-prices takes seconds to load: only a cap needs it
-    book = price_book(spec, wanted=may_serve(spec))
-    require_cap_prices(spec, book)
-    return book
 
 
 class Runner:
@@ -192,7 +142,7 @@ class Runner:
             with PacedCollector():
                 outcome = "failed"
                 try:
-                    limited = await self._pool(client, writer, done)
+                    limited = await self._pool(client, limits.concurrency, writer, done)
                     outcome = "finished" if self._stop_reason is None else "stopped"
                 except BatchrunError:
                     outcome = "stopped"
@@ -251,7 +201,7 @@ class Runner:
 
         comparison = compare(self.spec, output.saved, options.shard)
         recorded = output.saved.meta()
-        kept_before = recorded is not None and recorded.get("kept") == keep_key(record)
+        kept_before = kept_for(recorded, record)
         plan = decide(
             comparison,
             self.spec,
@@ -334,10 +284,10 @@ class Runner:
             self.reporter.note("WARNING", f"{self.spec.name}: {reason}; saving finished rows")
         self._stopping.set()
 
-    async def _pool(self, client: ChatClient, writer: PartWriter, done: SavedIds) -> bool:
-        """Feed the workers and wait for them; returns True when --limit cut the run short."""
-        concurrency = client.concurrency
-        queue: RowQueue = asyncio.Queue(maxsize=min(concurrency * 2, 256))
+    async def _pool(self, client: ChatClient, concurrency: int, writer: PartWriter, done: SavedIds) -> bool:
+        """Feed `concurrency` workers (one per slot the limits hold) and wait for them; returns True when --limit cut
+        the run short."""
+        queue: RecordQueue = asyncio.Queue(maxsize=min(concurrency * 2, 256))
         workers = [asyncio.create_task(self._worker(queue, client, writer)) for _ in range(concurrency)]
         producer = asyncio.create_task(self._produce(queue, writer, done, client))
         stop_wait = asyncio.create_task(self._stopping.wait())
@@ -369,7 +319,7 @@ class Runner:
             await asyncio.gather(*workers, producer, stop_wait, return_exceptions=True)
         return limited
 
-    async def _produce(self, queue: RowQueue, writer: PartWriter, done: SavedIds, client: ChatClient) -> bool:
+    async def _produce(self, queue: RecordQueue, writer: PartWriter, done: SavedIds, client: ChatClient) -> bool:
         """Stream pending rows of this shard into the queue; rows that cannot render become input errors."""
         await client.first_token()
         owns = self.options.shard.owns
@@ -399,7 +349,7 @@ class Runner:
                 await asyncio.sleep(0)  # one woken worker at a time: 2,000 starting at once would stall the loop
         return False
 
-    async def _worker(self, queue: RowQueue, client: ChatClient, writer: PartWriter) -> None:
+    async def _worker(self, queue: RecordQueue, client: ChatClient, writer: PartWriter) -> None:
         """Take rows until told to stop; each becomes exactly one row for the writer."""
         while not self._stopping.is_set():
             item = await queue.get()
@@ -466,7 +416,7 @@ class Runner:
         holds it back."""
         if row.get("request_hash") is None:
             row["request_hash"] = self.hasher.of_record(record)  # a row that makes no request: its reason
-        self.kept.fill(row, record)
+        self.kept.fill(row, record.data)
         for ready in self.health.admit(row, error):
             self._save(writer, ready)
 
@@ -493,7 +443,7 @@ def _raise_failures(tasks: list[asyncio.Task[None]]) -> None:
             task.result()
 
 
-async def _close(queue: RowQueue, workers: int) -> None:
+async def _close(queue: RecordQueue, workers: int) -> None:
     """One end-of-work marker per worker, queued behind the last rows."""
     for _ in range(workers):
         await queue.put(None)

@@ -128,11 +128,6 @@ def live(frame: pl.DataFrame, ids: pl.Series) -> pl.DataFrame:
     return frame.filter(pl.col("id").is_in(ids.implode()))
 
 
-def same_job(recorded: dict[str, Any] | None, record: dict[str, Any]) -> bool:
-    """Whether job.json was written for this spec over this input: the one place job records are compared."""
-    return recorded is not None and all(recorded.get(key) == value for key, value in record.items())
-
-
 def _ids(part: str) -> pl.Series:
     """One part's id column."""
     import polars as pl

@@ -8,7 +8,8 @@ tests/test_schema.py holds the two definitions together.
 from __future__ import annotations
 
 import datetime
-from typing import TypedDict
+import json
+from typing import Any, TypedDict, cast
 
 import pyarrow as pa
 
@@ -78,3 +79,33 @@ class ResultRow(TypedDict, total=False):
 def output_schema(keep: list[pa.Field]) -> pa.Schema:
     """The full schema of a part file: the result columns, then the kept input columns."""
     return pa.schema([*RESULT_FIELDS, *keep])
+
+
+class KeptColumns:
+    """The input columns every output row carries (`output.keep_columns`), each with one type in every part."""
+
+    def __init__(self, names: list[str], types: dict[str, pa.DataType]) -> None:
+        self.fields = [pa.field(name, types.get(name, pa.string())) for name in names]
+
+    def fill(self, row: ResultRow, values: dict[str, Any] | None) -> None:
+        """Copy the kept values of the row's input record (None: it did not parse), fitted to their column types."""
+        if values is None:
+            return
+        columns = cast(dict[str, Any], row)  # the one set of keys known only once the spec is read
+        for field in self.fields:
+            columns[field.name] = coerce_kept(values.get(field.name), field.type)
+
+
+def coerce_kept(value: Any, type_: pa.DataType) -> Any:
+    """Fit a kept JSON value to its column type so no part file disagrees with another."""
+    if value is None:
+        return None
+    if pa.types.is_string(type_):
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if pa.types.is_boolean(type_):
+        return value if isinstance(value, bool) else None
+    if pa.types.is_integer(type_):
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if pa.types.is_floating(type_):
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return value

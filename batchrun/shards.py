@@ -73,8 +73,8 @@ def task_attempt() -> int:
     text = os.environ.get("CLOUD_RUN_TASK_ATTEMPT", "0")
     try:
         return max(int(text), 0)
-    except ValueError:
-        raise SpecError(f"CLOUD_RUN_TASK_ATTEMPT {text!r}: expected a whole number") from None
+    except ValueError as exc:
+        raise SpecError(f"CLOUD_RUN_TASK_ATTEMPT {text!r}: expected a whole number") from exc
 
 
 def parse_shard(text: str | None) -> Shard:
@@ -91,8 +91,8 @@ def parse_shard(text: str | None) -> Shard:
     try:
         left, right = text.split("/")
         shard = Shard(int(left), int(right))
-    except ValueError:
-        raise SpecError(f"{source} {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4") from None
+    except ValueError as exc:
+        raise SpecError(f"{source} {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4") from exc
     if not 0 <= shard.index < shard.count:
         raise SpecError(f"{source} {text!r}: the index must be at least 0 and below the count")
     return shard

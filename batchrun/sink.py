@@ -23,7 +23,8 @@ import pyarrow as pa
 from batchrun import storage
 from batchrun.errors import OutputError, StorageError
 from batchrun.journal import Journal, fold, read_rows, read_sends, segments
-from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode, frame_of, same_job
+from batchrun.rerun import same_job
+from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode, frame_of
 from batchrun.schema import ResultRow
 from batchrun.shards import Shard, shard_of_part
 
@@ -63,11 +64,11 @@ class OutputWriter:
         try:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except BlockingIOError as exc:
                 raise OutputError(
                     f"{self.path}: another `batchrun run` is writing this shard ({self.shard_tag}) right now; "
                     "wait for it to finish, or stop it, then run again"
-                ) from None
+                ) from exc
             except OSError:
                 pass  # a file system without locks (some FUSE mounts): run unguarded, as on an object store
             yield
@@ -94,7 +95,7 @@ class OutputWriter:
                     f"{self.path}: cannot write to the output directory ({exc.strerror or exc}); "
                     "free space or fix permissions and run again",
                     unwritable=True,
-                ) from None
+                ) from exc
 
     def _clean_temp(self) -> int:
         """Remove temporary files a killed run left: this shard's parts, and job.json's.

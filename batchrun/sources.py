@@ -8,7 +8,7 @@ import json
 from array import array
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,8 +20,6 @@ from batchrun.spec import InputSpec
 if TYPE_CHECKING:
     import polars as pl
 
-    from batchrun.schema import ResultRow
-
 BATCH_ROWS = 2048
 _SAMPLE_ROWS = 1000
 _BUCKETS = 64  # the duplicate-id check counts hashes a bucket at a time
@@ -31,7 +29,6 @@ _BUCKETS = 64  # the duplicate-id check counts hashes a bucket at a time
 class Record:
     """One input row: its id, its data, and where it stands in the file for error messages."""
 
-    row: int
     line: int
     id: str
     data: dict[str, Any] | None
@@ -99,18 +96,18 @@ class Source:
 
     def _records(self, columns: Collection[str] | None = None) -> Iterator[Record]:
         """Records with ids, whatever the file kind."""
-        for row, line, data, error in self._raw_rows(columns):
-            yield Record(row=row, line=line, id=self._id_of(row, line, data), data=data, error=error)
+        for index, line, data, error in self._raw_rows(columns):
+            yield Record(line=line, id=self._id_of(index, line, data), data=data, error=error)
 
-    def _id_of(self, row: int, line: int, data: dict[str, Any] | None) -> str:
+    def _id_of(self, index: int, line: int, data: dict[str, Any] | None) -> str:
         """The row's id: custom_id, the id column, or the 0-based row number."""
         if data is None:
             return f"{self.where}:{line}"
         key = "custom_id" if self.format == "openai-batch" else self.spec.id_column
         if key is None:
-            return str(row)
+            return str(index)
         value = data.get(key)
-        if key not in data and row == 0:
+        if key not in data and index == 0:
             columns = ", ".join(data) or "none"
             raise InputError(
                 f"{self.path}:{self.where} {line}: no id column '{key}'; its columns are: {columns} "
@@ -126,22 +123,22 @@ class Source:
     def _raw_rows(
         self, columns: Collection[str] | None = None
     ) -> Iterator[tuple[int, int, dict[str, Any] | None, str | None]]:
-        """(row, line, data, error) tuples from whichever file kind this is."""
+        """(index, line, data, error) tuples from whichever file kind this is."""
         return self._jsonl_rows() if self.kind == "jsonl" else self._parquet_rows(columns)
 
     def _jsonl_rows(self) -> Iterator[tuple[int, int, dict[str, Any] | None, str | None]]:
-        """(row, line, data, error) per non-blank line; a broken line is reported, not fatal."""
-        row = 0
+        """(index, line, data, error) per non-blank line; a broken line is reported, not fatal."""
+        index = 0
         try:
             with storage.open_read(self.path) as handle:
                 for line_no, raw in enumerate(handle, start=1):
                     if not raw.strip():
                         continue
                     data, error = self._parse_line(raw, line_no)
-                    yield row, line_no, data, error
-                    row += 1
+                    yield index, line_no, data, error
+                    index += 1
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot read the input ({exc})") from None
+            raise InputError(f"{self.path}: cannot read the input ({exc})") from exc
 
     def _parse_line(self, raw: bytes, line_no: int) -> tuple[dict[str, Any] | None, str | None]:
         """One JSONL line as a record, or the message that says what is wrong with it and how to fix it."""
@@ -171,26 +168,26 @@ class Source:
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(
                 f"{self.path}: not a readable Parquet file ({exc}); was it truncated or still being written?"
-            ) from None
+            ) from exc
 
     def _parquet_rows(
         self, columns: Collection[str] | None = None
     ) -> Iterator[tuple[int, int, dict[str, Any] | None, str | None]]:
-        """(row, row+1, data, None) per Parquet row, `BATCH_ROWS` at a time, only the `columns` asked for."""
+        """(index, index + 1, data, None) per Parquet row, `BATCH_ROWS` at a time, only the `columns` asked for."""
         parquet = self._parquet_file()
         names = parquet.schema_arrow.names
         chosen = None if columns is None else [name for name in names if name in columns] or names[:1]
-        row = 0
+        index = 0
         try:
             # One thread: Arrow's decoding threads each leave a malloc arena behind (11 MB more at peak).
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=chosen, use_threads=False):
                 for data in batch.to_pylist():
-                    yield row, row + 1, data, None
-                    row += 1
+                    yield index, index + 1, data, None
+                    index += 1
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(
-                f"{self.path}: Parquet data unreadable after row {row} ({exc}); the file is damaged: regenerate it"
-            ) from None
+                f"{self.path}: Parquet data unreadable after row {index} ({exc}); the file is damaged: regenerate it"
+            ) from exc
 
     def summarize(self, keep_columns: list[str], owns: Callable[[str], bool] | None = None) -> InputSummary:
         """One full pass: count rows (and this shard's), reject missing or duplicate ids, learn the columns."""
@@ -316,33 +313,3 @@ def _json_type(values: list[Any]) -> pa.DataType:
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
         return pa.float64()
     return pa.string()
-
-
-class KeptColumns:
-    """The input columns every output row carries (`output.keep_columns`), each with one type in every part."""
-
-    def __init__(self, names: list[str], types: dict[str, pa.DataType]) -> None:
-        self.fields = [pa.field(name, types.get(name, pa.string())) for name in names]
-
-    def fill(self, row: ResultRow, record: Record) -> None:
-        """Copy the row's kept values from its input record, fitted to their column types."""
-        if record.data is None:
-            return
-        columns = cast(dict[str, Any], row)  # the one set of keys known only once the spec is read
-        for field in self.fields:
-            columns[field.name] = coerce_kept(record.data.get(field.name), field.type)
-
-
-def coerce_kept(value: Any, type_: pa.DataType) -> Any:
-    """Fit a kept JSON value to its column type so no part file disagrees with another."""
-    if value is None:
-        return None
-    if pa.types.is_string(type_):
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    if pa.types.is_boolean(type_):
-        return value if isinstance(value, bool) else None
-    if pa.types.is_integer(type_):
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-    if pa.types.is_floating(type_):
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-    return value

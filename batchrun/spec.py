@@ -380,12 +380,12 @@ def parse_spec(raw: Any, source: str = "job spec", line_of: LineOf = lambda _: N
         expanded = expand_env(raw)
     except _UnsetVariable as exc:
         line = line_of(exc.loc)
-        raise SpecError(f"{source}:{f' line {line}:' if line else ''} {exc.message}") from None
+        raise SpecError(f"{source}:{f' line {line}:' if line else ''} {exc.message}") from exc
     try:
         return JobSpec.model_validate(expanded)
     except ValidationError as exc:
         lines = "\n  ".join(_describe(e, line_of) for e in exc.errors())
-        raise SpecError(f"{source} is invalid:\n  {lines}") from None
+        raise SpecError(f"{source} is invalid:\n  {lines}") from exc
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -451,14 +451,14 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     spec_path = str(path)
     try:
         text = storage.read_bytes(spec_path).decode("utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{spec_path}: no such job spec file") from None
+    except FileNotFoundError as exc:
+        raise SpecError(f"{spec_path}: no such job spec file") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{spec_path}: cannot read the job spec ({exc})") from None
+        raise SpecError(f"{spec_path}: cannot read the job spec ({exc})") from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpecError(f"{spec_path}: {_yaml_problem(exc, text)}") from None
+        raise SpecError(f"{spec_path}: {_yaml_problem(exc, text)}") from exc
     if isinstance(raw, dict) and overrides:
         raw = apply_overrides(raw, overrides)
     return parse_spec(raw, str(spec_path), yaml_lines(text))

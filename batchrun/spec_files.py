@@ -46,11 +46,11 @@ def _maybe_file(value: Any, where: str) -> Any:
     except OSError as exc:
         raise ValueError(
             f"{where}: cannot read {value} ({exc.strerror or exc}); paths are relative to the working directory"
-        ) from None
+        ) from exc
     try:
         return json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ValueError(f"{where}: {value} is not valid {path.suffix[1:].upper()} ({exc})") from None
+        raise ValueError(f"{where}: {value} is not valid {path.suffix[1:].upper()} ({exc})") from exc
 
 
 def response_format(value: Any, *, read_files: bool = True) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def response_format(value: Any, *, read_files: bool = True) -> dict[str, Any]:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         at = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise ValueError(f"{where}.json_schema.schema is not a valid JSON Schema at {at}: {exc.message}") from None
+        raise ValueError(f"{where}.json_schema.schema is not a valid JSON Schema at {at}: {exc.message}") from exc
     return {**value, "json_schema": {**spec, "schema": schema}}
 
 

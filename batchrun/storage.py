@@ -54,7 +54,7 @@ def _filesystem(path: str) -> Any:
         raise StorageError(
             f"{path}: cannot open {protocol}:// storage ({exc}); gs:// needs gcsfs, which batchrun installs: "
             "reinstall it from its checkout (pip install .)"
-        ) from None
+        ) from exc
     # gcsfs logs a whole traceback when it gives up; _remote turns that failure into one line instead.
     logging.getLogger("gcsfs").addFilter(_drop_give_up_records)
     return filesystem
@@ -71,16 +71,16 @@ def _remote(path: str, operation: Callable[[Any], T]) -> T:
     fs = _filesystem(path)
     try:
         return operation(fs)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         bucket = _bucket(path)
         if _remote(path, lambda f: f.exists(bucket)):
             raise  # the object is missing, not the bucket: the caller says what that means
-        raise _no_bucket(path, bucket) from None
+        raise _no_bucket(path, bucket) from exc
     except Exception as exc:
         failure = _storage_failure(path, fs, exc)
         if failure is None:
             raise
-        raise failure from None
+        raise failure from exc
 
 
 def _no_bucket(path: str, bucket: str) -> StorageError:
@@ -269,7 +269,7 @@ def makedirs(path: str) -> None:
         raise OutputError(
             f"{path}: cannot create the output directory ({exc.strerror}); fix output.path or its permissions",
             unwritable=True,
-        ) from None
+        ) from exc
 
 
 def check_writable(directory: str) -> None:
@@ -283,7 +283,7 @@ def check_writable(directory: str) -> None:
         raise OutputError(
             f"{directory}: cannot write to the output directory ({exc.strerror}); fix permissions and run again",
             unwritable=True,
-        ) from None
+        ) from exc
 
 
 def _fsync_dir(directory: str) -> None:

@@ -13,7 +13,6 @@ is for `results` to say.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import re
@@ -46,6 +45,9 @@ if TYPE_CHECKING:
 _DELAY = re.compile(r"^\s*([0-9.]+)\s*s?\s*$")
 _ERROR_TEXT_CHARS = 300
 _DROPPED = ("disconnect", "reset", "refused", "closed", "broken pipe")
+# What an attempt may raise besides the SDK's own errors: a timeout, aiohttp's failures, and the SDK's JSON
+# parse of a stream event. `translate` maps exactly these (and openai.APIError); anything else is a bug.
+_NETWORK_ERRORS = (TimeoutError, aiohttp.ClientError, json.JSONDecodeError, UnicodeDecodeError)
 _RPC_STATUS = {  # google.rpc.Code names an error event may carry instead of an HTTP code
     "INVALID_ARGUMENT": 400,
     "FAILED_PRECONDITION": 400,
@@ -110,9 +112,11 @@ class SdkTransport:
 
     async def send(self, body: dict[str, Any], token: str) -> object:
         """One non-streamed request."""
+        import openai
+
         try:
             raw = await self._sdk().post("/chat/completions", cast_to=bytes, body=body, options=self._options(token))
-        except Exception as exc:
+        except (*_NETWORK_ERRORS, openai.APIError) as exc:
             raise translate(exc) from exc
         return decode(raw)
 
@@ -148,9 +152,7 @@ class SdkTransport:
                 if not isinstance(chunk, dict):
                     raise event_error(chunk)
                 assembler.add(chunk)
-        except RequestError:
-            raise
-        except Exception as exc:
+        except (*_NETWORK_ERRORS, openai.APIError) as exc:
             raise translate(exc) from exc
         return assembler.result(), ttft if ttft is not None else 0.0
 
@@ -246,7 +248,7 @@ class DirectTransport:
             async with session.post(self._target, data=payload, headers=headers, proxy=self._proxy) as response:
                 raw = await response.read()
                 status = response.status
-        except Exception as exc:
+        except _NETWORK_ERRORS as exc:
             raise translate(exc) from exc
         if status >= 400:
             raise status_error(status, response.headers, _body_of(raw), raw.decode(errors="replace"))
@@ -286,8 +288,8 @@ def decode(raw: bytes) -> object:
     """Parse a 200's body; a cut or non-JSON body is malformed (and retried). Its shape is checked in results."""
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MalformedResponseError(f"response body is not JSON ({len(raw)} bytes, truncated?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedResponseError(f"response body is not JSON ({len(raw)} bytes, truncated?)") from exc
 
 
 def not_a_stream(raw: bytes, content_type: str | None) -> object:
@@ -315,16 +317,18 @@ def not_a_stream(raw: bytes, content_type: str | None) -> object:
         try:
             chunk = json.loads(data)
         except json.JSONDecodeError as exc:
-            raise MalformedResponseError(redact(f"a stream event is not JSON: {exc}")) from None
+            raise MalformedResponseError(redact(f"a stream event is not JSON: {exc}")) from exc
         if not isinstance(chunk, dict) or error_of(chunk):
             raise event_error(chunk)
         assembler.add(chunk)
     return assembler.result()
 
 
-def translate(exc: Exception) -> RequestError:
-    """Map aiohttp's and openai's exceptions onto batchrun's retry classes; anything else is a bug."""
-    if isinstance(exc, asyncio.TimeoutError):
+def translate(
+    exc: TimeoutError | aiohttp.ClientError | json.JSONDecodeError | UnicodeDecodeError | openai.APIError,
+) -> RequestError:
+    """Map the exceptions an attempt may raise (`_NETWORK_ERRORS` and the SDK's) onto batchrun's retry classes."""
+    if isinstance(exc, TimeoutError):
         return RetryableError("request timed out (retry.timeout_s)")
     if isinstance(exc, aiohttp.ClientError):
         return RetryableError(redact(f"connection failed or dropped: {exc or type(exc).__name__}"))
@@ -345,9 +349,7 @@ def translate(exc: Exception) -> RequestError:
         return RetryableError(redact(f"connection failed or dropped: {detail or type(cause).__name__}"))
     if isinstance(exc, openai.APIResponseValidationError):
         return MalformedResponseError(redact(f"malformed response: {exc}"))
-    if isinstance(exc, openai.APIError):  # the SDK raises a stream's `data: {"error": ...}` event as this
-        return event_error({"error": exc.body}, exc.message)
-    raise exc
+    return event_error({"error": exc.body}, exc.message)  # how the SDK raises a stream's `data: {"error": ...}`
 
 
 def event_error(event: object, text: str = "") -> RequestError:
@@ -378,7 +380,7 @@ def _body_of(raw: bytes) -> object:
     """An error body as JSON when it is JSON, else None (the text is the message)."""
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 

@@ -28,6 +28,8 @@ AREAS = [  # (area, substring of a frame): the innermost frame that matches one 
     ("output: building result rows", "batchrun/results.py"),
     ("requests: rendering prompts", "batchrun/prompts.py"),
     ("limits and adaptive pace", "batchrun/limits.py"),
+    ("limits and adaptive pace", "batchrun/budgets.py"),
+    ("limits and adaptive pace", "batchrun/pace.py"),
     ("openai SDK and its httpx2 layer (streams; transport: openai)", "openai/"),
     ("aiohttp client (request, connection pool, response parsing)", "aiohttp/"),
     ("asyncio event loop (selector, callbacks, tasks)", "asyncio/"),

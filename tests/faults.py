@@ -152,6 +152,15 @@ class Timeline:
         after = next((t for t, n in self.oks if t > moment and n > before), None)
         return None if after is None else round(after - moment, 2)
 
+    def served_by(self, moment: float) -> int:
+        """200s the simulator had served by `moment`."""
+        return max((n for t, n in self.oks if t <= moment), default=0)
+
+    def rate_after(self, step: str) -> float:
+        """Answers per second from the end of a fault to the end of the job."""
+        end = self.ends[step]
+        return (self.oks[-1][1] - self.served_by(end)) / max(self.finished - end, 1e-9)
+
     def recovery(self, step: str) -> dict[str, float | None]:
         """For a fault that ended: seconds to the first answer after it, and to the end of the job."""
         end = self.ends[step]

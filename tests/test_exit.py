@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from batchrun.errors import RequestError
-from batchrun.runner import Runner, RunOptions, prepare
+from batchrun.prepare import prepare
+from batchrun.runner import Runner, RunOptions
 from batchrun.schema import ResultRow
 from batchrun.spec import load_spec
 from tests.conftest import Job

@@ -14,7 +14,7 @@ from tenacity import AsyncRetrying, RetryCallState
 
 from batchrun.client import BACKOFF_INITIAL_S, BACKOFF_MAX_S, _wait
 from batchrun.errors import RateLimitedError
-from batchrun.limits import AdaptivePace
+from batchrun.pace import AdaptivePace
 from tests.faults import Step, drive, finished_table, numbered_rows, outcome, record
 from tests.virtual_time import now, run
 
@@ -103,12 +103,18 @@ def test_429_storm_then_recovery(sim: Any, make_job: Any, storm_s: float, retry_
     assert timeline.returncode == 0, timeline.stderr
     table = finished_table(job, {r["id"] for r in rows})
     assert table["status"].to_list() == ["ok"] * len(rows)
+    # The storm cuts the adaptive pace to at most what the endpoint took before it (at least 60 a minute); a pool
+    # that sped up again answers the rows after the storm at more than twice that pace.
+    storm_pace_per_s = max(60, timeline.served_by(timeline.ends["storm"])) / 60
+    assert timeline.rate_after("storm") > 2 * storm_pace_per_s, (timeline.rate_after("storm"), storm_pace_per_s)
     hint = "no Retry-After" if retry_after_s is None else f"RetryInfo {retry_after_s:g}s"
     record(
         f"429 storm, {storm_s:g} s ({hint})",
         injected=_injected(sim.stats()),
         **outcome(table, sim, len(rows)),
         **timeline.recovery("storm"),
+        answers_per_s_after=round(timeline.rate_after("storm"), 1),
+        storm_pace_per_s=round(storm_pace_per_s, 1),
     )
 
 

@@ -25,8 +25,9 @@ from typing import Any
 import psutil
 import pytest
 
+from batchrun.prepare import prepare
 from batchrun.progress import Counters
-from batchrun.runner import Runner, RunOptions, prepare
+from batchrun.runner import Runner, RunOptions
 from batchrun.simulator import make_service_account_info, vertex_base_url
 from batchrun.spec import parse_spec
 from tests.conftest import REPO, Job, write_rows

@@ -28,7 +28,7 @@ def make(request: dict[str, Any], fmt: str = "rows", **extra: Any) -> Renderer:
 
 
 def rec(data: dict[str, Any]) -> Record:
-    return Record(row=0, line=1, id="r", data=data)
+    return Record(line=1, id="r", data=data)
 
 
 def test_system_and_prompt_template() -> None:

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from batchrun.budgets import BUDGET_WINDOW_S
 from batchrun.errors import SpecError
-from batchrun.limits import BUDGET_WINDOW_S, Limits
+from batchrun.limits import Limits
 from batchrun.shards import Shard, parse_shard, shard_of_part, task_attempt
 from batchrun.spec import LimitsSpec
 from tests.conftest import Job, Sim

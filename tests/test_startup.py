@@ -19,9 +19,12 @@ HEAVY = [
 ]
 
 
-def loaded_after(code: str) -> list[str]:
-    """The heavy modules a fresh interpreter holds after running `code`."""
-    probe = f"import sys\n{code}\nprint(__import__('json').dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+NETWORK = ["aiohttp", "openai", "httpx", "google.auth.transport", "batchrun.transport", "batchrun.client"]
+
+
+def loaded_after(code: str, watched: list[str] = HEAVY) -> list[str]:
+    """The watched modules a fresh interpreter holds after running `code`."""
+    probe = f"import sys\n{code}\nprint(__import__('json').dumps([m for m in {watched!r} if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -39,3 +42,9 @@ def test_heavy_modules_load_where_used() -> None:
         "'json_schema': {'name': 'x', 'schema': {'type': 'object'}}})"
     ) == ["jsonschema"]
     assert "requests" in loaded_after("from batchrun.auth import GoogleTokens\nGoogleTokens(None)")
+
+
+def test_read_only_commands_never_import_the_network_path() -> None:
+    """status, report, export and export-media only read the output: no HTTP client, SDK or token transport loads."""
+    commands = "status, report, export, export_media, tables"
+    assert loaded_after(f"from batchrun.commands import {commands}", NETWORK) == []

@@ -87,7 +87,7 @@ def test_gs_media_is_inlined_only_when_the_spec_asks(gcs: Gcs) -> None:
             "request": {"prompt": "Describe", "media": [{"column": "img", "inline": inline}]},
             "output": {"path": "o"},
         }
-        body = Renderer(parse_spec(raw), "rows").render(Record(row=0, line=1, id="r", data={"img": path}))
+        body = Renderer(parse_spec(raw), "rows").render(Record(line=1, id="r", data={"img": path}))
         part = body["messages"][-1]["content"][1]["image_url"]  # gs:// URIs go in the REST string form
         return str(part if isinstance(part, str) else part["url"])
 

@@ -39,7 +39,7 @@ def export_job(spec: JobSpec, destination: str, *, join_input: bool = False) -> 
     try:
         storage.write_once(destination, buffer.getvalue())
     except OSError as exc:
-        raise OutputError(f"{destination}: cannot write the export ({exc.strerror or exc})") from None
+        raise OutputError(f"{destination}: cannot write the export ({exc.strerror or exc})") from exc
     return {
         "path": destination,
         "rows": len(frame),

@@ -67,7 +67,7 @@ def export_media(spec: JobSpec, directory: str) -> Exported:
         try:
             storage.write_once(target, media)
         except OSError as exc:
-            raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+            raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from exc
         files += 1
         size += len(media)
     return Exported(files=files, bytes=size)

@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 
 from batchrun.commands import tables
-from batchrun.rerun import compare, job_record, keep_key
+from batchrun.rerun import compare, job_record, kept_for
 from batchrun.saved import SavedOutput
 from batchrun.shards import Shard, owner, shard_of_part
 from batchrun.sources import Source
@@ -78,8 +78,7 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
         )
     totals = {name: sum(r[name] for r in shard_rows) for name in _COUNTS}
     stored = saved.table(["id"], parts)
-    recorded = saved.meta() or {}
-    kept = bool(totals["changed"]) and recorded.get("kept") == keep_key(job_record(spec, Source(spec.input).identity()))
+    kept = bool(totals["changed"]) and kept_for(saved.meta(), job_record(spec, Source(spec.input).identity()))
     return {
         "job": spec.name,
         "output": spec.output.path,

@@ -11,24 +11,19 @@ One aiohttp app serves what a batch job talks to on Google Cloud:
     POST /_sim/config, /_sim/reset                               change faults at runtime; zero the figures
 
 A chat request meets, in order: auth, body size, storm, quota, random faults, then the answer
-(`simulator.answers`, deterministic for the same body), broken into one of BROKEN_SHAPES on a fraction
-`rate_broken` of answers when `broken_answer` names one. Errors have Google's list bodies.
+(`simulator.answers`, deterministic for the same body), broken into one of `config.BROKEN_SHAPES` on a
+fraction `rate_broken` of answers when `broken_answer` names one. Errors have Google's list bodies. The knobs
+are `config.SimulatorConfig`; the token endpoint's and metadata server's rules are in `oauth`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import base64
-import binascii
-import difflib
 import functools
 import hashlib
 import json
-import math
 import random
 import secrets
-import signal
 import threading
 import time
 from array import array
@@ -38,49 +33,16 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from aiohttp import web
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from batchrun.simulator.answers import GeneratedAnswer, InvalidArgument, build_answer, read_conversation
+from batchrun.simulator.config import FAULTS, SSE_SHAPES, STATUS, STREAM_SHAPES, SimulatorConfig
+from batchrun.simulator.oauth import METADATA, PROJECT, SCOPES, SERVICE_ACCOUNT, TokenStore, grant_problem
 
-PROJECT = "sim-project"
-SERVICE_ACCOUNT = "batchrun-sim@sim-project.iam.gserviceaccount.com"
-TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # google-auth's JWT aud, whatever token_uri is
-JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 QUOTA_WINDOW_S = 60.0  # quotas count over a sliding minute
 HANG_S = 3600.0  # a "hang" outlives any client timeout
 SHUTDOWN_S = 0.5  # stop() does not wait for hanging handlers
 MAX_READ_BYTES = 1 << 30  # aiohttp's own cap; max_body_bytes is checked after reading, as Vertex answers 400
-FAULTS = ("rate_429", "rate_500", "rate_503", "rate_reset", "rate_hang", "rate_truncated", "rate_not_json")
-BROKEN_SHAPES = {  # what a 200 can carry that is not a whole answer (docs/reliability.md, "Broken answers")
-    "error_body": 'a JSON body {"error": {...}} (the error of `broken_status`)',
-    "error_list_body": 'Google\'s list form [{"error": {...}}]',
-    "empty_choices": '"choices": []',
-    "no_choices": "a completion without `choices`",
-    "bad_media": "`audio.data` that is not base64",
-    "stream_cut": "a stream that ends before its finish chunk, without [DONE]",
-    "stream_error": 'a stream with a `data: {"error": {...}}` event after its first chunk',
-    "stream_error_list": 'a stream with a `data: [{"error": {...}}]` event after its first chunk',
-    "json_for_stream": "a plain JSON completion in reply to `stream: true` (a whole answer)",
-}
-STREAM_SHAPES = ("stream_cut", "stream_error", "stream_error_list", "json_for_stream")  # streams only
-SSE_SHAPES = ("bad_media", "stream_cut", "stream_error", "stream_error_list")  # the rest answer a stream as JSON
 BAD_BASE64 = "not*base64*data!"
-CONVENIENCES = {"storm_for_s": "storm_until", "token_fail_for_s": "token_fail_until"}
-STATUS = {
-    400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
-    401: ("UNAUTHENTICATED", "Request is missing required authentication credential."),
-    404: ("NOT_FOUND", "Requested entity was not found."),
-    429: (
-        "RESOURCE_EXHAUSTED",
-        "Resource exhausted. Please try again later. Please refer to "
-        "https://cloud.google.com/vertex-ai/generative-ai/docs/error-code-429 for more details.",
-    ),
-    500: ("INTERNAL", "Internal error encountered."),
-    503: ("UNAVAILABLE", "The service is currently unavailable."),
-}
 BAD_CREDENTIALS = (
     "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other "
     "valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project."
@@ -90,13 +52,6 @@ API_KEY_REFUSED = (
     "credentials that assert a principal. See https://cloud.google.com/docs/authentication"
 )
 BAD_API_KEY = "Incorrect API key provided."
-METADATA = {  # text answers of the metadata server, by path under /computeMetadata/v1
-    "/": "instance/\nproject/\n",
-    "/project/project-id": PROJECT,
-    "/universe/universe-domain": "googleapis.com",
-    "/instance/service-accounts/default/": "aliases\nemail\nscopes\ntoken\n",
-    "/instance/service-accounts/default/email": SERVICE_ACCOUNT,
-}
 STATUS_FAULTS = {"rate_429": 429, "rate_500": 500, "rate_503": 503}
 PROVISIONED_EXCEEDED = "Too many requests. Exceeded the Provisioned Throughput."  # Google's 429 for a full reservation
 PROXY_PAGE = (  # what a misrouted proxy or captive portal answers with a 200 in place of JSON
@@ -104,63 +59,6 @@ PROXY_PAGE = (  # what a misrouted proxy or captive portal answers with a 200 in
     "<p>Your request is being processed.</p></body></html>"
 )
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # built once: json.dumps builds one per call
-_PUBLIC_KEYS: dict[str, rsa.RSAPublicKey] = {}  # private_key_id -> key, for make_service_account_info's keys
-
-
-@dataclass
-class SimulatorConfig:
-    """Faults, quotas and auth rules; any field can change while the simulator runs."""
-
-    latency_s: float = 0.0  # added to every answer; a stream's first chunk comes after half of it
-    latency_jitter_s: float = 0.0  # up to this much more, drawn from the seeded generator
-    rpm_quota: int | None = None  # requests per sliding minute; over it -> 429
-    tpm_quota: int | None = None  # prompt + output tokens per sliding minute; over it -> 429
-    rate_429: float = 0.0  # fractions of chat requests that get each random fault
-    rate_500: float = 0.0
-    rate_503: float = 0.0
-    rate_reset: float = 0.0  # connection closed without an answer
-    rate_hang: float = 0.0  # never answered: the client's timeout must fire
-    rate_truncated: float = 0.0  # 200 with half a body
-    rate_not_json: float = 0.0  # 200 with an HTML page for a body
-    rate_invalid_json_answer: float = 0.0  # response_format answers whose content is not JSON
-    broken_answer: str | None = None  # one of BROKEN_SHAPES, served on `rate_broken` of the answers
-    rate_broken: float = 0.0
-    broken_status: int = 500  # the status an error body or error event names
-    retry_after_s: float | None = None  # 429s then carry Retry-After and a RetryInfo detail
-    storm_until: float = 0.0  # monotonic deadline: every chat request gets 429 until then
-    token_ttl_s: int = 3600  # expires_in of issued access tokens
-    revoke_every_s: float | None = None  # all issued tokens are revoked this often
-    token_fail_until: float = 0.0  # monotonic deadline: the token endpoint answers 503 until then
-    require_auth: bool = True  # Vertex paths need a Bearer token this simulator issued
-    api_key: str | None = None  # the key OpenAI-style paths accept (and Vertex paths refuse)
-    traffic_type: str = "ON_DEMAND"  # usage.extra_properties.google.traffic_type of standard pay-as-you-go answers
-    provisioned_rpm: int | None = None  # the project's Provisioned Throughput, requests per sliding minute (None: none)
-    flex_latency_s: float = 0.05  # added to Flex PayGo answers, which are slow by design
-    cache_min_chars: int = 4096  # a system prompt this long is served from the implicit cache when it repeats
-    max_body_bytes: int = 20 * 1024 * 1024  # bigger bodies get Vertex's 400
-    record: bool = False  # keep every chat body for /_sim/requests
-    echo_headers: bool = False  # error bodies repeat the request's headers (token endpoint: its form)
-    seed: int = 0  # of the generator that draws faults and jitter
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, now: float | None = None) -> SimulatorConfig:
-        """Build from JSON data; `*_for_s` keys become deadlines from `now` (monotonic)."""
-        types = {f.name: str(f.type) for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in CONVENIENCES:
-                start = time.monotonic() if now is None else now
-                key, value = CONVENIENCES[key], start + _checked(key, value, "float")
-            elif key not in types:
-                close = difflib.get_close_matches(key, [*types, *CONVENIENCES], n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(types)}"
-                raise ValueError(f"unknown simulator setting {key!r}{hint}")
-            values[key] = _checked(key, value, types[key])
-        if values.get("broken_answer") not in (None, *BROKEN_SHAPES):
-            raise ValueError(f"unknown broken_answer {values['broken_answer']!r}; valid: {', '.join(BROKEN_SHAPES)}")
-        if values.get("broken_status", 500) not in STATUS:
-            raise ValueError(f"broken_status must be one of {', '.join(map(str, STATUS))}")
-        return cls(**values)
 
 
 @dataclass
@@ -211,39 +109,6 @@ class QuotaWindow:
         """Charge an admitted amount."""
         self._events.append((now, amount))
         self.total += amount
-
-
-class TokenStore:
-    """Access tokens this simulator issued; expired or revoked ones are refused."""
-
-    def __init__(self) -> None:
-        self._expiry: dict[str, float] = {}
-        self._period: float | None = None
-        self._next_revoke = math.inf
-
-    def issue(self, now: float, ttl_s: int, revoke_every_s: float | None) -> str:
-        """A new opaque token shaped like Google's, issued after any revocation now due."""
-        self._revoke_due(now, revoke_every_s)
-        token = f"ya29.sim-{secrets.token_urlsafe(24)}"
-        self._expiry[token] = now + ttl_s
-        return token
-
-    def valid(self, token: str, now: float, revoke_every_s: float | None) -> bool:
-        """Whether the token was issued here, has not expired and survived every revocation."""
-        self._revoke_due(now, revoke_every_s)
-        return self._expiry.get(token, -math.inf) > now
-
-    def revoke_all(self) -> None:
-        """Invalidate every token issued so far."""
-        self._expiry.clear()
-
-    def _revoke_due(self, now: float, period: float | None) -> None:
-        """Apply periodic revocation lazily: a period starts when it is first seen."""
-        if period != self._period:
-            self._period, self._next_revoke = period, now + period if period else math.inf
-        elif now >= self._next_revoke and period:
-            self.revoke_all()
-            self._next_revoke += period * (math.floor((now - self._next_revoke) / period) + 1)
 
 
 @dataclass(frozen=True)
@@ -609,7 +474,7 @@ class Simulator:
         if self.clock() < self.config.token_fail_until:
             error = {"error": "temporarily_unavailable", "error_description": STATUS[503][1]}
             return self._token_refusal(error, form, status=503)
-        problem = _grant_problem(form)
+        problem = grant_problem(form)
         if problem is not None:
             return self._token_refusal({"error": problem[0], "error_description": problem[1]}, form, status=400)
         token, ttl = self._issue_token(), self.config.token_ttl_s
@@ -745,39 +610,6 @@ def vertex_base_url(
     return f"{root}/{api_version}/projects/{project}/locations/{location}/endpoints/{endpoint_id or 'openapi'}"
 
 
-def make_service_account_info(token_uri: str, *, client_email: str = SERVICE_ACCOUNT) -> dict[str, str]:
-    """A service-account key file's contents with a fresh RSA key this simulator can verify."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    key_id = secrets.token_hex(20)
-    _PUBLIC_KEYS[key_id] = key.public_key()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return {
-        "type": "service_account",
-        "project_id": PROJECT,
-        "private_key_id": key_id,
-        "private_key": pem.decode(),
-        "client_email": client_email,
-        "client_id": str(secrets.randbelow(10**21)).zfill(21),
-        "token_uri": token_uri,
-    }
-
-
-def _checked(name: str, value: Any, annotation: str) -> Any:
-    """The value if its JSON type fits the field's annotation (ints widen to float), else ValueError."""
-    accepted = {part.strip() for part in annotation.split("|")}
-    if value is None:
-        fits = "None" in accepted
-    elif isinstance(value, bool):
-        fits = "bool" in accepted
-    elif isinstance(value, int | float):
-        fits = "float" in accepted or (isinstance(value, int) and "int" in accepted)
-    else:
-        fits = isinstance(value, str) and "str" in accepted
-    if not fits:
-        raise ValueError(f"simulator setting {name!r} must be {annotation.replace(' | ', ' or ')}, not {value!r}")
-    return float(value) if "float" in accepted and type(value) is int else value
-
-
 def _model(body: Mapping[str, Any], route: _Route) -> str:
     """The model to echo: the body's, else the self-deployed endpoint's id; managed models need one."""
     model = body.get("model")
@@ -786,50 +618,6 @@ def _model(body: Mapping[str, Any], route: _Route) -> str:
     if route.endpoint_id is not None:
         return route.endpoint_id
     raise InvalidArgument("model is required, e.g. google/gemini-2.5-flash.")
-
-
-def _grant_problem(form: Mapping[str, Any]) -> tuple[str, str] | None:
-    """Why the token endpoint refuses this form (OAuth error, description), or None."""
-    grant = form.get("grant_type")
-    if grant == JWT_GRANT:
-        return _jwt_problem(str(form.get("assertion", "")))
-    if grant != "refresh_token":
-        return "unsupported_grant_type", f"Invalid grant_type: {grant!r}"
-    if not all(form.get(k) for k in ("client_id", "client_secret", "refresh_token")):
-        return "invalid_request", "client_id, client_secret and refresh_token are required."
-    return None
-
-
-def _jwt_problem(assertion: str) -> tuple[str, str] | None:
-    """Why Google's token endpoint would refuse this assertion, or None; signatures checked when known."""
-    try:
-        head_b64, payload_b64, signature_b64 = assertion.split(".")
-        header, payload = json.loads(_unb64(head_b64)), json.loads(_unb64(payload_b64))
-        signature = _unb64(signature_b64)
-    except (ValueError, binascii.Error):
-        return "invalid_grant", "Invalid JWT: malformed assertion."
-    if not isinstance(header, dict) or not isinstance(payload, dict):
-        return "invalid_grant", "Invalid JWT: malformed assertion."
-    if payload.get("aud") != TOKEN_AUDIENCE:
-        return "invalid_grant", "Invalid JWT: Failed audience check."
-    if not payload.get("scope"):
-        return "invalid_scope", "Invalid OAuth scope or ID token audience provided."
-    expiry = payload.get("exp")
-    if not isinstance(expiry, int | float) or expiry < time.time():
-        return "invalid_grant", "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe."
-    key = _PUBLIC_KEYS.get(str(header.get("kid")))
-    if key is None:
-        return None  # a key made in another process: its signature cannot be checked here
-    try:
-        key.verify(signature, f"{head_b64}.{payload_b64}".encode(), padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        return "invalid_grant", "Invalid JWT Signature."
-    return None
-
-
-def _unb64(text: str) -> bytes:
-    """Decode base64url without padding, as JWTs carry it."""
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _echoing(response: web.Response, extra: str) -> web.Response:
@@ -856,43 +644,3 @@ def _dumps(value: Any) -> bytes:
 def _json(value: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     """A JSON response."""
     return web.Response(body=_dumps(value), status=status, headers=headers, content_type="application/json")
-
-
-def _parser() -> argparse.ArgumentParser:
-    """`--config JSON` plus one flag per config field (and --rpm, --tpm, --latency)."""
-    parser = argparse.ArgumentParser(prog="python -m batchrun.simulator", description="Vertex-compatible simulator")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--config", default="{}", help="JSON object of SimulatorConfig fields")
-    aliases = {"rpm_quota": ["--rpm"], "tpm_quota": ["--tpm"], "latency_s": ["--latency"]}
-    for item in fields(SimulatorConfig):
-        flags = [f"--{item.name.replace('_', '-')}", *aliases.get(item.name, [])]
-        parser.add_argument(*flags, dest=item.name, default=argparse.SUPPRESS, metavar="VALUE")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run standalone; print one JSON line with the URL once listening; serve until SIGTERM/SIGINT."""
-    parser = _parser()
-    args = vars(parser.parse_args(argv))
-    host, port, settings = args.pop("host"), args.pop("port"), args.pop("config")
-    types = {f.name: str(f.type) for f in fields(SimulatorConfig)}
-    try:
-        flags = {k: v if "str" in types[k] and v != "null" else json.loads(v) for k, v in args.items()}
-        config = SimulatorConfig.from_mapping({**json.loads(settings), **flags})
-    except ValueError as exc:
-        parser.error(str(exc))
-    asyncio.run(_serve(config, host, port))
-
-
-async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
-    """Serve until a signal asks to stop."""
-    simulator = Simulator(config)
-    url = await simulator.start(host, port)
-    print(json.dumps({"url": url}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await simulator.stop()
