@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from batchrun.collector import release_memory
 from batchrun.errors import OutputError, RowInputError
 from batchrun.prompts import Renderer
 from batchrun.saved import SavedIds, SavedOutput
@@ -35,18 +36,9 @@ if TYPE_CHECKING:
 
 _HASH_CHARS = 32
 _ENDPOINT_KEYS = ("kind", "project", "location", "endpoint_id", "api_version", "base_url")
-# What reruns read of each saved row: enough to compare it and to say what re-sending it would cost.
-SAVED_COLUMNS = [
-    "id",
-    "status",
-    "attempts",
-    "request_hash",
-    "prompt_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "traffic_type",
-]
+# What reruns read of each saved row to compare it; the token columns are read only to refuse (what re-sending costs).
+SAVED_COLUMNS = ["id", "status", "attempts", "request_hash"]
+COST_COLUMNS = ["id", "prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens", "traffic_type"]
 
 
 class RequestHasher:
@@ -146,41 +138,50 @@ def compare(spec: JobSpec, saved: SavedOutput, shard: Shard) -> Comparison:
 
     parts = saved.parts()
     stored = saved.rows(SAVED_COLUMNS, parts)
-    stored = stored.filter(pl.col("id").is_in(shard.owned(stored.get_column("id")).implode()))
-    stored = stored.unique("id", keep="last", maintain_order=True)
+    if shard.count > 1:
+        stored = stored.filter(pl.col("id").is_in(shard.owned(stored.get_column("id")).implode()))
+    if stored.get_column("id").n_unique() < stored.height:  # never, unless an older version left two rows
+        stored = stored.unique("id", keep="last", maintain_order=True)
+    release_memory()  # reading a thousand parts leaves freed pages behind: a million rows, 60 MB
     source = Source(spec.input)
     renderer = Renderer(spec, source.format)
     hasher = RequestHasher(spec, renderer)
-    # Per batch, Arrow columns rather than Python lists: a million ids as str objects cost about 70 MB.
-    ids: list[pl.Series] = []
-    current: list[pl.DataFrame] = []
+    # Saved rows sorted by id, so each input id finds its saved row by binary search and its current hash is
+    # written in place: joining a million ids (a hash table each) held 300 MB more.
+    stored = stored.sort("id")
     has_row = SavedIds(stored.get_column("id"))
+    pending: list[pl.Series] = []  # per batch, Arrow columns: a million ids as str objects cost about 70 MB
+    places: list[pl.Series] = []
+    hashes: list[pl.Series] = []
     for batch in _owned_batches(source, shard, renderer):
-        batch_ids = [record.id for record in batch]
-        ids.append(pl.Series(batch_ids, dtype=pl.String))
-        saved_here = [record for record, saved in zip(batch, has_row.contains(batch_ids), strict=True) if saved]
+        found = has_row.positions([record.id for record in batch])
+        unsaved = [record.id for record, at in zip(batch, found, strict=True) if at is None]
+        if unsaved:
+            pending.append(pl.Series(unsaved, dtype=pl.String))
+        saved_here = [(at, record) for record, at in zip(batch, found, strict=True) if at is not None]
         if saved_here:
-            hashes = {"id": [r.id for r in saved_here], "current": [hasher.of_record(r) for r in saved_here]}
-            current.append(pl.DataFrame(hashes, schema={"id": pl.String, "current": pl.String}))
-    every = pl.concat(ids) if ids else pl.Series([], dtype=pl.String)
-    inputs = pl.DataFrame({"id": every}).with_columns(pl.lit(True).alias("in_input"))
-    hashed = pl.concat(current) if current else pl.DataFrame(schema={"id": pl.String, "current": pl.String})
-    frame = (
-        inputs.join(stored, on="id", how="full", coalesce=True)
-        .join(hashed, on="id", how="left")
-        .with_columns(
-            pl.when(pl.col("status").is_null())
-            .then(pl.lit("pending"))
-            .when(pl.col("in_input").is_null())
-            .then(pl.lit("gone"))
-            .when(pl.col("request_hash").is_null() | (pl.col("request_hash") == pl.col("current")))
-            .then(pl.lit("done"))
-            .when(pl.col("status") == "ok")
-            .then(pl.lit("changed"))
-            .otherwise(pl.lit("pending"))
-            .alias("state")
-        )
+            places.append(pl.Series([at for at, _ in saved_here], dtype=pl.Int64))
+            hashes.append(pl.Series([hasher.of_record(record) for _, record in saved_here], dtype=pl.String))
+    release_memory()
+    current = pl.Series("current", [None] * stored.height, dtype=pl.String)
+    if places:
+        current = current.scatter(pl.concat(places), pl.concat(hashes))
+    # Every saved id still in the input got its current hash: a saved row without one is gone.
+    saved_rows = stored.with_columns(current).with_columns(
+        pl.col("current").is_not_null().alias("in_input"),
+        pl.when(pl.col("current").is_null())
+        .then(pl.lit("gone"))
+        .when(pl.col("request_hash").is_null() | (pl.col("request_hash") == pl.col("current")))
+        .then(pl.lit("done"))
+        .when(pl.col("status") == "ok")
+        .then(pl.lit("changed"))
+        .otherwise(pl.lit("pending"))
+        .alias("state"),
     )
+    new = pl.DataFrame({"id": pl.concat(pending) if pending else pl.Series([], dtype=pl.String)}).with_columns(
+        pl.lit(True).alias("in_input"), pl.lit("pending").alias("state")
+    )
+    frame = pl.concat([saved_rows, new], how="diagonal_relaxed")
     return Comparison(frame, parts)
 
 
@@ -284,7 +285,9 @@ def _refusal(comparison: Comparison, spec: JobSpec, recorded: dict[str, Any] | N
     from batchrun.commands.report import cost_of  # the readers' pricing, loaded only to refuse
 
     rows = comparison.rows
-    changed = rows.filter(pl.col("state") == "changed")
+    changed = rows.filter(pl.col("state") == "changed").select("id")
+    saved = SavedOutput(spec.output.path).rows(COST_COLUMNS, comparison.parts).drop("part")
+    changed = changed.join(saved.unique("id", keep="last"), on="id", how="left")
     keys = changed_keys(recorded, spec)
     verb = "differs" if len(keys) == 1 else "differ"
     why = f"the spec's {', '.join(keys)} {verb} from the run that wrote them" if keys else "their input text changed"

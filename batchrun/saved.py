@@ -65,17 +65,25 @@ class SavedOutput:
         written by an older version lacks (request_hash) is null."""
         import polars as pl
 
-        def read(index: int) -> pl.DataFrame:
+        def read(index: int) -> pa.Table:
             with storage.open_parquet(parts[index]) as parquet:
                 present = [name for name in columns if name in parquet.schema_arrow.names]
-                frame = frame_of(parquet.read(columns=present, use_threads=not storage.is_remote(parts[index])))
-            return frame.with_columns(pl.lit(index, dtype=pl.Int64).alias("part"))
+                table = parquet.read(columns=present, use_threads=False)
+            return table.append_column("part", pa.array([index] * table.num_rows, pa.int64()))
 
-        with ThreadPoolExecutor(max_workers=_READERS) as pool:
-            frames = list(pool.map(read, range(len(parts))))
+        # Arrow tables joined once, then one polars frame: a frame per part, concatenated, held 80 MB more
+        # at a million rows. Local parts are read on one thread (each reader thread keeps a malloc arena).
+        if parts and storage.is_remote(parts[0]):
+            with ThreadPoolExecutor(max_workers=_READERS) as pool:
+                tables = list(pool.map(read, range(len(parts))))
+        else:
+            tables = [read(index) for index in range(len(parts))]
         empty = pl.DataFrame(schema=_empty_schema(columns) | {"part": pl.Int64()})
-        frame = pl.concat([empty, *frames], how="diagonal_relaxed")
-        return frame.select(*columns, "part")
+        if not tables:
+            return empty.select(*columns, "part")
+        frame = frame_of(pa.concat_tables(tables, promote_options="default"))
+        del tables
+        return pl.concat([empty, frame], how="diagonal_relaxed").select(*columns, "part")
 
     def scan(self, columns: list[str], batch_rows: int = 256) -> Iterator[dict[str, Any]]:
         """Every committed row's chosen columns, one row group batch in memory at a time (media can be large)."""
@@ -190,10 +198,15 @@ class SavedIds:
 
     def contains(self, ids: list[str]) -> list[bool]:
         """For each id, whether it is saved."""
+        return [at is not None for at in self.positions(ids)]
+
+    def positions(self, ids: list[str]) -> list[int | None]:
+        """For each id, its place in the sorted saved ids, or None when it is not saved."""
         if self._ids is None:
-            return [False] * len(ids)
+            return [None] * len(ids)
         import polars as pl
 
         probe = pl.Series(ids, dtype=pl.String)
         at = self._ids.search_sorted(probe).clip(0, len(self._ids) - 1)
-        return (self._ids.gather(at) == probe).to_list()
+        hits = (self._ids.gather(at) == probe).to_list()
+        return [place if hit else None for place, hit in zip(at.to_list(), hits, strict=True)]
