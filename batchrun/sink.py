@@ -87,7 +87,14 @@ class OutputWriter:
             return
         stamped = {**record, "written_at": datetime.datetime.now(datetime.UTC).isoformat()}
         try:
-            storage.write_once(self.meta_path, json.dumps(stamped, indent=2).encode())
+            for tries_left in reversed(range(3)):
+                try:
+                    storage.write_once(self.meta_path, json.dumps(stamped, indent=2).encode())
+                    break
+                except FileNotFoundError:
+                    # A peer task starting up cleaned our temporary file away (`_clean_temp`): write it again.
+                    if tries_left == 0 or same_job(self.saved.meta(), record):
+                        raise
         except OSError as exc:
             # Another task of the same job may have written it first (tasks start together).
             if not same_job(self.saved.meta(), record):
@@ -100,8 +107,8 @@ class OutputWriter:
     def _clean_temp(self) -> int:
         """Remove temporary files a killed run left: this shard's parts, and job.json's.
 
-        A peer task writing job.json at this moment loses its temporary file, finds the file written
-        by this task and carries on; other shards' part files are theirs to clean.
+        A peer task writing job.json at this moment loses its temporary file and writes it again
+        (`record_job`); other shards' part files are theirs to clean.
         """
         if storage.is_remote(self.path):
             return 0
