@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batchrun.collector import PacedCollector
+from batchrun.collector import PacedCollector, map_large_blocks
 from batchrun.errors import BatchrunError, OutputError, RequestError, StoppedError
 from batchrun.health import EndpointHealth
+from batchrun.ids import SavedIds
 from batchrun.limits import CapReached, CostCap, Limits
 from batchrun.prepare import Prepared, prepare
 from batchrun.prices import PriceBook, may_serve, row_usage
 from batchrun.progress import Counters, Reporter
 from batchrun.prompts import RowInputError
-from batchrun.rerun import RequestHasher, answered, compare, decide, job_record, keep_key, kept_for
+from batchrun.rerun import RequestHasher, job_record, keep_key, kept_for
 from batchrun.results import ResultBuilder, input_error
-from batchrun.saved import SavedIds
 from batchrun.schema import KeptColumns, ResultRow, output_schema
 from batchrun.shards import Shard
 from batchrun.sink import OutputWriter, PartWriter
@@ -196,8 +196,10 @@ class Runner:
             if options.keep:
                 record["kept"] = keep_key(record)
             output.record_job(record)
-            return SavedIds(None), 0
-        import polars as pl
+            return SavedIds(), 0
+        import pyarrow.compute as pc  # loaded only when saved rows are compared
+
+        from batchrun.comparison import answered, compare, decide
 
         comparison = compare(self.spec, output.saved, options.shard)
         recorded = output.saved.meta()
@@ -216,14 +218,14 @@ class Runner:
             record["kept"] = keep_key(record)
         output.record_job(record)
         output.drop(plan.gone, comparison.parts)
-        output.replace_rows(plan.replace, comparison.parts, comparison.rows)
+        output.replace_rows(plan.replace, comparison.parts)
         reused = answered(writer.held, plan, comparison)
         if reused:
             writer.replace_now(reused)
         for note in plan.notes:
             self.reporter.note("INFO", note)
         if options.retry_errors:
-            retried = plan.replace.join(comparison.rows.filter(pl.col("status") == "error"), on="id").height
+            retried = plan.replace.filter(pc.invert(plan.replace["ok"])).num_rows
             self.reporter.note("INFO", f"--retry-errors: {retried} error rows will be sent again")
         if plan.left:
             self.reporter.note(
@@ -454,5 +456,6 @@ def run_job(spec: JobSpec, options: RunOptions) -> int:
     # pyarrow's default pool (mimalloc) keeps freed segments; a run allocates and frees input batches
     # and output parts all along, and the system allocator gives them back: 40 MB less at peak.
     pa.set_memory_pool(pa.system_memory_pool())
+    map_large_blocks()
     prepared = prepare(spec, options.shard)
     return asyncio.run(Runner(prepared, options).run())

@@ -6,15 +6,10 @@ import os
 import re
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from batchrun.errors import SpecError
 
-if TYPE_CHECKING:
-    import polars as pl
-
 _TAG = re.compile(r"part-(\d+)of(\d+)-")
-_SLICE = 65_536
 
 
 @dataclass(frozen=True)
@@ -27,16 +22,6 @@ class Shard:
     def owns(self, rid: str) -> bool:
         """Whether this task processes the row with id `rid`."""
         return self.count == 1 or owner(rid, self.count) == self.index
-
-    def owned(self, ids: pl.Series) -> pl.Series:
-        """The ids this task owns, hashed a slice at a time: a million saved ids never become Python strs at once."""
-        if self.count == 1:
-            return ids
-        import polars as pl  # validate and the CLI's start-up never need it
-
-        slices = (ids.slice(start, _SLICE) for start in range(0, len(ids), _SLICE))
-        kept = [part.filter(pl.Series([self.owns(rid) for rid in part.to_list()], dtype=pl.Boolean)) for part in slices]
-        return pl.concat(kept) if kept else ids
 
     @property
     def tag(self) -> str:

@@ -16,20 +16,18 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
 from batchrun import storage
 from batchrun.errors import OutputError, StorageError
+from batchrun.ids import SavedIds, id_array
 from batchrun.journal import Journal, fold, read_rows, read_sends, segments
 from batchrun.rerun import same_job
-from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode, frame_of
+from batchrun.saved import META_DIR, PART_SUFFIX, SavedOutput, encode
 from batchrun.schema import ResultRow
 from batchrun.shards import Shard, shard_of_part
-
-if TYPE_CHECKING:
-    import polars as pl  # 0.25 s and 26 MB to import: loaded only where a frame is built (resume, readers)
 
 
 class OutputWriter:
@@ -125,28 +123,23 @@ class OutputWriter:
         tasks rewriting one part would undo each other's work."""
         return self.shard.count == 1 or shard_of_part(os.path.basename(part)) == self.shard
 
-    def replace_rows(self, placed: pl.DataFrame, parts: list[str], saved: pl.DataFrame | None = None) -> None:
-        """Rows (id, part index) whose new row, when committed, replaces the old one in its part; `saved` (id,
-        status, attempts) gives the attempts of the error rows among them, which their new rows carry on."""
-        import polars as pl
+    def replace_rows(self, placed: pa.Table, parts: list[str]) -> None:
+        """Rows (id, part index, ok, attempts) whose new row, when committed, replaces the old one in its part;
+        the error rows among them carry their attempts on to their new rows."""
+        import pyarrow.compute as pc  # loaded only by a run with saved rows
 
         self._replacing = _Placement(placed, parts)
-        if saved is not None and placed.height:
-            errors = placed.select("id").join(
-                saved.filter(pl.col("status") == "error").select("id", "attempts"), on="id"
-            )
-            self.replaced_attempts.update(
-                zip(
-                    errors.get_column("id").to_list(), errors.get_column("attempts").fill_null(0).to_list(), strict=True
-                )
-            )
+        errors = placed.filter(pc.invert(placed["ok"]))
+        self.replaced_attempts.update(
+            zip(errors["id"].to_pylist(), (n or 0 for n in errors["attempts"].to_pylist()), strict=True)
+        )
 
-    def drop(self, placed: pl.DataFrame, parts: list[str]) -> None:
+    def drop(self, placed: pa.Table, parts: list[str]) -> None:
         """Remove rows (id, part index) from their parts, each part rewritten whole."""
-        import polars as pl
+        import pyarrow.compute as pc
 
-        for index in sorted(placed.get_column("part").unique().to_list()):
-            self._rewrite(parts[index], placed.filter(pl.col("part") == index).get_column("id"), None)
+        for index in sorted(set(placed["part"].to_pylist())):
+            self._rewrite(parts[index], placed.filter(pc.equal(placed["part"], index))["id"], None)
 
     def commit(self, path: str, table: pa.Table) -> None:
         """Save finished rows: new ids as the part `path`; each replacement inside the part its old row is in.
@@ -161,16 +154,16 @@ class OutputWriter:
         fresh = table.filter(pa.array([place is None for place in places]))
         if fresh.num_rows:
             storage.write_once(path, encode(fresh))
-        import polars as pl
-
         for part in sorted({place for place in places if place is not None}):
             rows = table.filter(pa.array([place == part for place in places]))
-            self._rewrite(part, pl.Series(rows.column("id").to_pylist(), dtype=pl.String), rows)
+            self._rewrite(part, rows["id"], rows)
 
-    def _rewrite(self, part: str, ids: pl.Series, rows: pa.Table | None) -> None:
+    def _rewrite(self, part: str, ids: pa.Array | pa.ChunkedArray, rows: pa.Table | None) -> None:
         """Replace a part whole by itself without `ids`, plus `rows` (removed when nothing is left)."""
+        import pyarrow.compute as pc
+
         table = storage.read_parquet(part)  # through storage.open_parquet: Arrow never holds a Python file object
-        kept = table.filter(pa.array((~frame_of(table.select(["id"])).get_column("id").is_in(ids.implode())).to_list()))
+        kept = table.filter(pc.invert(pc.is_in(table["id"], value_set=id_array(ids))))
         if rows is not None:
             kept = pa.concat_tables([kept, rows], promote_options="permissive")
         if kept.num_rows == 0:
@@ -180,25 +173,15 @@ class OutputWriter:
 
 
 class _Placement:
-    """Which saved part holds each row being replaced, found by binary search over the sorted ids."""
+    """Which saved part holds each row being replaced."""
 
-    def __init__(self, placed: pl.DataFrame, parts: list[str]) -> None:
-        import polars as pl
-
-        ordered = placed.sort("id")
-        self._ids = ordered.get_column("id").cast(pl.String)
-        self._parts = [parts[i] for i in ordered.get_column("part").to_list()]
+    def __init__(self, placed: pa.Table, parts: list[str]) -> None:
+        self._ids = SavedIds(placed["id"])
+        self._parts = [parts[index] for index in placed["part"].to_pylist()]
 
     def locate(self, ids: list[str]) -> list[str | None]:
         """For each id, the part that holds its old row, or None for an id saved nowhere."""
-        if not len(self._ids):
-            return [None] * len(ids)
-        import polars as pl
-
-        probe = pl.Series(ids, dtype=pl.String)
-        at = self._ids.search_sorted(probe).clip(0, len(self._ids) - 1)
-        hits = (self._ids.gather(at) == probe).to_list()
-        return [self._parts[i] if hit else None for i, hit in zip(at.to_list(), hits, strict=True)]
+        return [None if row is None else self._parts[row] for row in self._ids.rows_of(ids)]
 
 
 class PartWriter:

@@ -8,7 +8,7 @@ import json
 from array import array
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,9 +16,6 @@ import pyarrow.parquet as pq
 from batchrun import storage
 from batchrun.errors import InputError
 from batchrun.spec import InputSpec
-
-if TYPE_CHECKING:
-    import polars as pl
 
 BATCH_ROWS = 2048
 _SAMPLE_ROWS = 1000
@@ -223,14 +220,12 @@ class Source:
             format=self.format,
         )
 
-    def ids(self) -> pl.Series:
+    def ids(self) -> pa.Array:
         """Every id of the input, in file order, as a run assigns them (unreadable lines included)."""
-        import polars as pl
-
-        ids: list[str] = []
-        for batch in self.batches(columns=self._id_columns()):
-            ids.extend(record.id for record in batch)
-        return pl.Series("id", ids, dtype=pl.String)
+        chunks = [
+            pa.array([record.id for record in batch], pa.string()) for batch in self.batches(columns=self._id_columns())
+        ]
+        return pa.concat_arrays([pa.array([], pa.string()), *chunks])
 
     def _id_columns(self) -> list[str] | None:
         """The columns a counting pass needs: the id's alone (Parquet types come from its schema)."""

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -166,8 +165,7 @@ def test_report_text_shows_every_section(spec: JobSpec) -> None:
 def test_cached_tokens_are_priced_at_cached_input(spec: JobSpec) -> None:
     """Prompt tokens served from the cache cost cached_input, the rest of the prompt input."""
     rows = [{**ok("z", "ON_DEMAND", (1000, 10, 0, 1010), 5.0, 0), "cached_tokens": 800}]
-    frame = pl.from_arrow(pa.Table.from_pylist(rows, schema=output_schema([])))
-    assert isinstance(frame, pl.DataFrame)
+    table = pa.Table.from_pylist(rows, schema=output_schema([]))
     priced = spec.model_copy(
         update={
             "report": parse_spec(
@@ -182,7 +180,7 @@ def test_cached_tokens_are_priced_at_cached_input(spec: JobSpec) -> None:
             ).report
         }
     )
-    (group,) = build_report(priced, frame)["by_traffic_type"]
+    (group,) = build_report(priced, table)["by_traffic_type"]
     assert group["cached_tokens"] == 800
     assert group["cost"] == pytest.approx((200 * 1 + 800 * 0.1 + 10 * 10) / 1e6)
 
@@ -225,6 +223,20 @@ def test_export_is_one_file_with_one_row_per_id_joined_to_the_input(spec: JobSpe
     assert "text" not in plain["columns"] and plain["rows"] == 7
     with pytest.raises(OutputError, match="ending in .parquet"):
         export_job(spec, str(tmp_path / "all.csv"))
+
+
+def test_export_keeps_a_jsonl_column_of_mixed_types_as_json_text(spec: JobSpec, tmp_path: Path) -> None:
+    """An input column holding a number in one row, text in another and an object in a third is joined as
+    each value's JSON text; one row per id, and a later duplicate of a saved id wins."""
+    values: list[Any] = [1, "two", {"three": 3}, None, [5], 6.5, True, "h", "i"]
+    write_rows(Path(spec.input.path), [{"id": rid, "text": v} for rid, v in zip(INPUT_IDS, values, strict=True)])
+    late = ok("a", "ON_DEMAND", (1, 1, 0, 2), 1.0, 9)
+    pq.write_table(pa.Table.from_pylist([late], schema=output_schema([])), Path(spec.output.path) / "part-x.parquet")
+    result = export_job(spec, str(tmp_path / "mixed.parquet"), join_input=True)
+    assert (result["rows"], result["duplicates_dropped"]) == (7, 1)
+    table = pq.read_table(tmp_path / "mixed.parquet")
+    assert table["text"].to_pylist() == ["1", '"two"', '{"three": 3}', None, "[5]", "6.5", "true"]
+    assert table["total_tokens"].to_pylist()[0] == 2
 
 
 def test_export_writes_to_gcs(spec: JobSpec, gcs: Gcs) -> None:

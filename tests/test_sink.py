@@ -9,10 +9,14 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from batchrun.errors import OutputError
-from batchrun.saved import SavedIds, SavedOutput
+from batchrun.ids import SavedIds
+from batchrun.saved import SavedOutput
 from batchrun.schema import ResultRow, output_schema
 from batchrun.shards import Shard
 from batchrun.sink import OutputWriter, PartWriter
@@ -160,11 +164,18 @@ def _write_part(directory: Path, shard: Shard, rows: list[ResultRow]) -> None:
     asyncio.run(write())
 
 
-def _placed(output: OutputWriter, ids: list[str]) -> tuple[pl.DataFrame, list[str]]:
-    """(id, part index) of saved rows, as a run's comparison gives them to the writer."""
+def _placed(output: OutputWriter, ids: list[str]) -> tuple[pa.Table, list[str]]:
+    """(id, part index, ok, attempts) of saved rows, as a run's plan gives them to the writer."""
     parts = output.saved.parts()
-    frame = output.saved.rows(["id"], parts).filter(pl.col("id").is_in(ids))
-    return frame, parts
+    tables = [
+        pq.read_table(part, columns=["id", "status", "attempts"]).append_column(
+            "part", pa.array([index] * pq.read_metadata(part).num_rows, pa.int32())
+        )
+        for index, part in enumerate(parts)
+    ]
+    table = pa.concat_tables(tables)
+    table = table.append_column("ok", pc.equal(table["status"], "ok")).drop_columns(["status"])
+    return table.filter(pc.is_in(table["id"], pa.array(ids))), parts
 
 
 def test_drop_rewrites_each_part_whole_and_removes_an_emptied_one(tmp_path: Path) -> None:
@@ -211,18 +222,41 @@ def _write_part_with(output: OutputWriter, rows: list[ResultRow]) -> None:
 
 
 def test_saved_ids_are_found_exactly() -> None:
-    """Only ids that are saved match: no prefix, neighbour or empty-set false positives."""
-    saved = SavedIds(pl.Series(["r10", "r2", "r30", "a"]))
+    """Only ids that are saved match: no prefix, neighbour or empty-set false positives; each gives its row."""
+    saved = SavedIds(["r10", "r2", "r30", "a"])
     assert len(saved) == 4
     assert saved.contains(["r2", "r1", "r3", "r30", "zz", "", "a"]) == [True, False, False, True, False, False, True]
-    assert SavedIds(pl.Series([], dtype=pl.String)).contains(["r1"]) == [False]
+    assert saved.rows_of(["a", "r10", "nope"]) == [3, 0, None]
+    assert SavedIds().contains(["r1"]) == [False] and len(SavedIds()) == 0
 
 
-def test_done_ids_come_sorted_and_counted_part_by_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ids from many parts, read a few parts at a time, come back complete and sorted; count_ids filters per part."""
-    import batchrun.saved
+def test_saved_ids_tell_apart_ids_that_share_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids whose keys collide (forced here: the key is the length) are still found exactly, each its own row."""
+    import batchrun.ids
 
-    monkeypatch.setattr(batchrun.saved, "_ID_BATCH", 2)  # five parts make three batches to merge
+    monkeypatch.setattr(batchrun.ids, "_key", len)
+    saved = SavedIds(["ab", "cd", "ef", "x"])
+    assert saved.rows_of(["cd", "ef", "ab", "zz", "x", "y"]) == [1, 2, 0, None, 3, None]
+
+
+def test_an_id_saved_twice_is_found_at_its_last_row() -> None:
+    """An older version's duplicate: the lookup gives the last copy's row and counts the earlier ones."""
+    saved = SavedIds(["b", "a", "b", "c", "b"])
+    assert saved.rows_of(["b", "a"]) == [4, 1]
+    assert saved.repeated == 2 and len(saved) == 3
+
+
+def test_hiding_and_adding_change_what_is_contained_not_the_rows() -> None:
+    """A hidden row (sent again) is no longer contained; added ids are; the index itself is shared, not copied."""
+    saved = SavedIds(["a", "b", "c"])
+    view = saved.hiding(bytes([0, 1, 0])).adding(["z"])
+    assert view.contains(["a", "b", "c", "z"]) == [True, False, True, True]
+    assert saved.contains(["b", "z"]) == [True, False]
+    assert len(view) == 3
+
+
+def test_count_ids_filters_part_by_part(tmp_path: Path) -> None:
+    """count_ids counts the saved ids a filter keeps, part by part, and every id without one."""
 
     async def write(ids: list[str]) -> None:
         writer = PartWriter(OutputWriter(str(tmp_path), Shard()), output_schema([]), flush_rows=1000, flush_seconds=60)
@@ -234,7 +268,5 @@ def test_done_ids_come_sorted_and_counted_part_by_part(tmp_path: Path, monkeypat
     for part in range(5):
         asyncio.run(write(ids[part::5]))
     output = SavedOutput(str(tmp_path))
-    assert output.done_ids().to_list() == sorted(ids)
     assert output.count_ids(lambda rid: rid.endswith("7")) == 5
     assert output.count_ids() == len(ids)
-    assert SavedOutput(str(tmp_path / "empty")).done_ids().to_list() == []

@@ -11,8 +11,9 @@ from urllib.parse import quote
 
 from batchrun import storage
 from batchrun.errors import OutputError
+from batchrun.ids import SavedIds
 from batchrun.media import BUILTIN_TYPES
-from batchrun.saved import SavedIds, SavedOutput
+from batchrun.saved import SavedOutput
 from batchrun.sources import Source
 from batchrun.spec import JobSpec
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchrun.commands import tables
 from batchrun.prices import Price, PriceBook, price_book
@@ -23,73 +24,87 @@ from batchrun.sources import Source
 from batchrun.spec import JobSpec
 
 _TOKENS = ["prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens"]
+_BILLED = ["_input", "_cached", "_output", "_reasoning"]
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+_SUM = pc.ScalarAggregateOptions(min_count=0)  # a sum over no values (or only nulls) is 0, as in SQL's coalesce
 
 
-def build_report(spec: JobSpec, frame: pl.DataFrame | None = None) -> dict[str, Any]:
+def build_report(spec: JobSpec, table: pa.Table | None = None) -> dict[str, Any]:
     """The whole report as plain data (what `--json` prints), over the live rows (ids in the input now)."""
-    if frame is None:
-        frame = live(SavedOutput(spec.output.path).table(), Source(spec.input).ids())
-    frame = _billable(frame)
-    book = price_book(spec, wanted=_traffic_types(frame))
+    if table is None:
+        table = live(SavedOutput(spec.output.path).table(), Source(spec.input).ids())
+    table = _billable(table)
+    book = price_book(spec, wanted=_traffic_types(table))
+    status = table["status"]
     report: dict[str, Any] = {
         "job": spec.name,
         "output": spec.output.path,
         "rows": {
-            "total": len(frame),
-            "ok": int((frame.get_column("status") == "ok").sum()),
-            "error": int((frame.get_column("status") == "error").sum()),
+            "total": table.num_rows,
+            "ok": _count(pc.equal(status, "ok")),
+            "error": _count(pc.equal(status, "error")),
         },
-        "requests": _int(frame.get_column("attempts").sum()),
-        "tokens": {name: _int(frame.get_column(name).sum()) for name in _TOKENS},
-        "by_traffic_type": _by_traffic_type(frame, book),
-        "errors": _errors(frame),
-        "latency_ms": _latency(frame),
-        "per_minute": _per_minute(frame),
+        "requests": _sum(table["attempts"]),
+        "tokens": {name: _sum(table[name]) for name in _TOKENS},
+        "by_traffic_type": _by_traffic_type(table, book),
+        "errors": _errors(table),
+        "latency_ms": _latency(table),
+        "per_minute": _per_minute(table),
     }
     if book.prices:
-        report["cost"] = _cost(frame, book)
+        report["cost"] = _cost(table, book)
     return report
 
 
-def _traffic_types(frame: pl.DataFrame) -> list[str]:
+def _traffic_types(table: pa.Table) -> list[str]:
     """The traffic types the saved rows carry (null: standard)."""
-    return sorted({t or "ON_DEMAND" for t in frame.get_column("traffic_type").unique().to_list()})
+    return sorted({t or "ON_DEMAND" for t in pc.unique(table["traffic_type"]).to_pylist()})
 
 
-def cost_of(frame: pl.DataFrame, spec: JobSpec) -> dict[str, Any] | None:
-    """What the saved rows in `frame` cost at the spec's prices (a rerun's estimate), or None without prices."""
-    if "traffic_type" not in frame.columns:
+def cost_of(table: pa.Table, spec: JobSpec) -> dict[str, Any] | None:
+    """What the saved rows in `table` cost at the spec's prices (a rerun's estimate), or None without prices."""
+    if "traffic_type" not in table.column_names:
         return None
-    book = price_book(spec, wanted=_traffic_types(frame))
-    return _cost(_billable(frame), book) if book.prices else None
+    book = price_book(spec, wanted=_traffic_types(table))
+    return _cost(_billable(table), book) if book.prices else None
+
+
+def _count(mask: pa.ChunkedArray | pa.Array) -> int:
+    """How many rows a condition holds for (null: not)."""
+    return int(pc.sum(mask, options=_SUM).as_py() or 0)
+
+
+def _sum(column: pa.ChunkedArray | pa.Array) -> int:
+    """A column's sum as an int (a sum over no rows is 0, not null)."""
+    return int(pc.sum(column, options=_SUM).as_py() or 0)
 
 
 def _int(value: Any) -> int:
-    """A sum as an int (a sum over no rows is 0, not null)."""
+    """A summed value as an int (null is 0)."""
     return int(value or 0)
 
 
-def _billable(frame: pl.DataFrame) -> pl.DataFrame:
+def _billable(table: pa.Table) -> pa.Table:
     """Add the token counts each price applies to.
 
     A cut-off answer may lack `completion_tokens` (Vertex omits it); its answer tokens are then what
     the total leaves over. Other null counts are zero.
     """
-    if "cached_tokens" not in frame.columns:  # parts written before the column existed
-        frame = frame.with_columns(pl.lit(None, dtype=pl.Int64).alias("cached_tokens"))
-    prompt, reasoning, total = (
-        pl.col(name).fill_null(0) for name in ("prompt_tokens", "reasoning_tokens", "total_tokens")
-    )
-    cached = pl.min_horizontal(pl.col("cached_tokens").fill_null(0), prompt)
-    completion = pl.col("completion_tokens").fill_null(pl.max_horizontal(total - prompt - reasoning, 0))
-    reasoning_inside = (reasoning > 0) & (total == prompt + completion)
-    return frame.with_columns(
-        (prompt - cached).alias("_input"),
-        cached.alias("_cached"),
-        pl.when(reasoning_inside).then(completion - reasoning).otherwise(completion).alias("_output"),
-        reasoning.alias("_reasoning"),
-    )
+    if "cached_tokens" not in table.column_names:  # parts written before the column existed
+        table = table.append_column("cached_tokens", pa.nulls(table.num_rows, pa.int64()))
+
+    def tokens(name: str) -> pa.ChunkedArray:
+        return pc.fill_null(table[name].cast(pa.int64()), 0)
+
+    prompt, reasoning, total = tokens("prompt_tokens"), tokens("reasoning_tokens"), tokens("total_tokens")
+    cached = pc.min_element_wise(tokens("cached_tokens"), prompt)
+    left_over = pc.max_element_wise(pc.subtract(pc.subtract(total, prompt), reasoning), 0)
+    completion = pc.coalesce(table["completion_tokens"].cast(pa.int64()), left_over)
+    reasoning_inside = pc.and_(pc.greater(reasoning, 0), pc.equal(total, pc.add(prompt, completion)))
+    output = pc.if_else(reasoning_inside, pc.subtract(completion, reasoning), completion)
+    for name, column in zip(_BILLED, [pc.subtract(prompt, cached), cached, output, reasoning], strict=True):
+        table = table.append_column(name, column)
+    return table
 
 
 def _group_cost(row: dict[str, Any], price: Price | None) -> float | None:
@@ -100,34 +115,35 @@ def _group_cost(row: dict[str, Any], price: Price | None) -> float | None:
     return round(price.cost(prompt, row["_cached"], row["_output"], row["_reasoning"]), 6)
 
 
-def _by_traffic_type(frame: pl.DataFrame, book: PriceBook) -> list[dict[str, Any]]:
+def _grouped(table: pa.Table, keys: list[str], sums: list[str], **more: tuple[str, str]) -> list[dict[str, Any]]:
+    """Rows per group of `keys` (nulls a group of their own), with `rows`, each of `sums` summed, and `more`
+    (name: (column, aggregation))."""
+    aggregations: list[tuple[Any, ...]] = [([], "count_all"), *((name, "sum", _SUM) for name in sums)]
+    aggregations += more.values()
+    grouped = table.group_by(keys, use_threads=False).aggregate(aggregations)
+    names = {"count_all": "rows", **{f"{name}_sum": name for name in sums}}
+    names |= {f"{column}_{how}": name for name, (column, how) in more.items()}
+    rows: list[dict[str, Any]] = grouped.rename_columns([names.get(n, n) for n in grouped.column_names]).to_pylist()
+    return rows
+
+
+def _by_traffic_type(table: pa.Table, book: PriceBook) -> list[dict[str, Any]]:
     """Rows and tokens per traffic_type (null for rows without usage), with their cost when priced."""
-    grouped = (
-        frame.group_by("traffic_type")
-        .agg(
-            pl.len().alias("rows"),
-            *(pl.col(name).sum().alias(name) for name in _TOKENS),
-            pl.col("cached_tokens").sum(),
-            pl.col("_input").sum(),
-            pl.col("_cached").sum(),
-            pl.col("_output").sum(),
-            pl.col("_reasoning").sum(),
-        )
-        .sort("total_tokens", "traffic_type", descending=[True, False], nulls_last=True)
-    )
+    groups = _grouped(table, ["traffic_type"], [*_TOKENS, "cached_tokens", *_BILLED])
+    groups.sort(key=lambda g: (-_int(g["total_tokens"]), g["traffic_type"] is None, g["traffic_type"] or ""))
     result = []
-    for row in grouped.iter_rows(named=True):
+    for row in groups:
         entry: dict[str, Any] = {"traffic_type": row["traffic_type"], "rows": int(row["rows"])}
         entry.update({name: _int(row[name]) for name in [*_TOKENS, "cached_tokens"]})
         if book.prices:
-            entry["cost"] = _group_cost(row, book.get(row["traffic_type"]))
+            entry["cost"] = _group_cost({name: _int(row[name]) for name in _BILLED}, book.get(row["traffic_type"]))
         result.append(entry)
     return result
 
 
-def _cost(frame: pl.DataFrame, book: PriceBook) -> dict[str, Any]:
+def _cost(table: pa.Table, book: PriceBook) -> dict[str, Any]:
     """Total cost, the prices used and where each came from, and the rows that used tokens but have no price."""
-    groups = _by_traffic_type(frame, book)
+    groups = _by_traffic_type(table, book)
     unpriced = [g for g in groups if g["cost"] is None and g["total_tokens"] > 0]
     return {
         "currency": book.currency,
@@ -138,57 +154,61 @@ def _cost(frame: pl.DataFrame, book: PriceBook) -> dict[str, Any]:
     }
 
 
-def _errors(frame: pl.DataFrame) -> list[dict[str, Any]]:
+def _errors(table: pa.Table) -> list[dict[str, Any]]:
     """Error rows counted by error_type and HTTP status, most frequent first."""
-    errors = frame.filter(pl.col("status") == "error")
-    grouped = (
-        errors.group_by("error_type", "http_status")
-        .agg(pl.len().alias("rows"), pl.col("error_message").first().alias("example"))
-        .sort(["rows", "error_type", "http_status"], descending=[True, False, False], nulls_last=True)
+    errors = table.filter(pc.equal(table["status"], "error"))
+    groups = _grouped(errors, ["error_type", "http_status"], [], example=("error_message", "first"))
+    groups.sort(
+        key=lambda g: (
+            -g["rows"],
+            g["error_type"] is None,
+            g["error_type"] or "",
+            g["http_status"] is None,
+            g["http_status"] or 0,
+        )
     )
     return [
         {
-            "error_type": row["error_type"],
-            "http_status": row["http_status"],
-            "rows": int(row["rows"]),
-            "example": row["example"],
+            "error_type": g["error_type"],
+            "http_status": g["http_status"],
+            "rows": int(g["rows"]),
+            "example": g["example"],
         }
-        for row in grouped.iter_rows(named=True)
+        for g in groups
     ]
 
 
-def _latency(frame: pl.DataFrame) -> dict[str, Any]:
+def _latency(table: pa.Table) -> dict[str, Any]:
     """Latency of ok rows' successful attempts: linear-interpolated percentiles, as DuckDB's quantile_cont."""
-    latency = frame.filter(pl.col("status") == "ok").select(pl.col("latency_ms").drop_nulls().cast(pl.Float64))
-    column = pl.col("latency_ms")
-    stats = latency.select(
-        *(column.quantile(q, interpolation="linear").alias(name) for name, q in _QUANTILES.items()),
-        column.mean().alias("mean"),
-        column.max().alias("max"),
-    ).row(0, named=True)
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    latency = pc.drop_null(ok["latency_ms"]).cast(pa.float64())
+    if not len(latency):
+        return {"rows": 0, **dict.fromkeys([*_QUANTILES, "mean", "max"])}
+    quantiles = pc.quantile(latency, q=list(_QUANTILES.values()), interpolation="linear").to_pylist()
+    stats = dict(zip(_QUANTILES, quantiles, strict=True))
+    stats |= {"mean": pc.mean(latency).as_py(), "max": pc.max(latency).as_py()}
     return {"rows": len(latency), **{k: None if v is None else round(float(v), 3) for k, v in stats.items()}}
 
 
-def _per_minute(frame: pl.DataFrame) -> list[dict[str, Any]]:
+def _per_minute(table: pa.Table) -> list[dict[str, Any]]:
     """Rows, requests (attempts) and tokens per minute of finished_at, UTC, oldest first."""
-    timed = frame.filter(pl.col("finished_at").is_not_null())
-    grouped = (
-        timed.group_by(pl.col("finished_at").dt.truncate("1m").alias("minute"))
-        .agg(
-            pl.len().alias("rows"),
-            pl.col("attempts").sum().alias("requests"),
-            pl.col("total_tokens").sum().alias("tokens"),
-        )
-        .sort("minute")
+    timed = table.filter(pc.is_valid(table["finished_at"]))
+    minutes = pa.table(
+        {
+            "minute": pc.floor_temporal(timed["finished_at"], unit="minute"),
+            "requests": timed["attempts"],
+            "tokens": timed["total_tokens"],
+        }
     )
+    groups = sorted(_grouped(minutes, ["minute"], ["requests", "tokens"]), key=lambda g: g["minute"])
     return [
         {
-            "minute": row["minute"].isoformat(),
-            "rows": int(row["rows"]),
-            "requests": _int(row["requests"]),
-            "tokens": _int(row["tokens"]),
+            "minute": g["minute"].isoformat(),
+            "rows": int(g["rows"]),
+            "requests": _int(g["requests"]),
+            "tokens": _int(g["tokens"]),
         }
-        for row in grouped.iter_rows(named=True)
+        for g in groups
     ]
 
 

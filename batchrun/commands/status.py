@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any
 
-import polars as pl
-
 from batchrun.commands import tables
-from batchrun.rerun import compare, job_record, kept_for
+from batchrun.comparison import DONE, GONE, STATES, Comparison, compare
+from batchrun.rerun import job_record, kept_for
 from batchrun.saved import SavedOutput
 from batchrun.shards import Shard, owner, shard_of_part
 from batchrun.sources import Source
 from batchrun.spec import JobSpec
 
 _COUNTS = ("rows", "ok", "error", "changed", "pending", "gone")
+_NAMES = {code: name for name, code in STATES.items()}
+_SLICE = 65_536  # ids made into Python str at once
 
 
 def shard_count(parts: list[str], requested: int | None) -> int:
@@ -39,22 +41,7 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
     comparison = compare(spec, saved, Shard())
     parts = comparison.parts
     count = shard_count(parts, shards)
-    frame = comparison.rows.with_columns(
-        pl.col("id").map_elements(lambda rid: owner(rid, count), return_dtype=pl.Int64).alias("shard")
-    )
-    state, status = pl.col("state"), pl.col("status")
-    per_shard = (
-        frame.group_by("shard")
-        .agg(
-            pl.col("in_input").sum().alias("rows"),
-            ((state == "done") & (status == "ok")).sum().alias("ok"),
-            ((state == "done") & (status == "error")).sum().alias("error"),
-            (state == "changed").sum().alias("changed"),
-            (state == "pending").sum().alias("pending"),
-            (state == "gone").sum().alias("gone"),
-        )
-        .sort("shard")
-    )
+    counts = _per_shard(comparison, count)
     part_counts: dict[int, int] = {}
     other_counts: dict[int, int] = {}
     for shard in (shard_of_part(os.path.basename(part)) for part in parts):
@@ -62,11 +49,9 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
             part_counts[shard.index] = part_counts.get(shard.index, 0) + 1
         elif shard is not None:
             other_counts[shard.count] = other_counts.get(shard.count, 0) + 1
-    by_shard = {row["shard"]: row for row in per_shard.iter_rows(named=True)}
     shard_rows: list[dict[str, Any]] = []
     for index in range(count):
-        row = by_shard.get(index, dict.fromkeys(_COUNTS, 0))
-        figures = {name: int(row[name]) for name in _COUNTS}
+        figures = {name: counts[index][name] for name in _COUNTS}
         shard_rows.append(
             {
                 "shard": f"{index}/{count}",
@@ -77,7 +62,6 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
             }
         )
     totals = {name: sum(r[name] for r in shard_rows) for name in _COUNTS}
-    stored = saved.table(["id"], parts)
     kept = bool(totals["changed"]) and kept_for(saved.meta(), job_record(spec, Source(spec.input).identity()))
     return {
         "job": spec.name,
@@ -85,12 +69,32 @@ def job_status(spec: JobSpec, shards: int | None = None) -> dict[str, Any]:
         **totals,
         "done": totals["ok"] + totals["error"],
         "kept": kept,
-        "unhashed": int((frame.get_column("status").is_not_null() & frame.get_column("request_hash").is_null()).sum()),
-        "duplicates": len(stored) - stored.get_column("id").n_unique(),
+        "unhashed": comparison.saved["request_hash"].null_count,
+        "duplicates": comparison.index.repeated,
         "parts": len(parts),
         "parts_of_other_task_counts": {str(tasks): n for tasks, n in sorted(other_counts.items())},
         "shards": shard_rows,
     }
+
+
+def _per_shard(comparison: Comparison, count: int) -> list[Counter[str]]:
+    """Each shard's counts of input rows and of ok, error, changed, pending and gone ids, a slice of ids at a time."""
+    counts = [Counter[str]() for _ in range(count)]
+    saved = comparison.saved
+    for start in range(0, saved.num_rows, _SLICE):
+        rows = saved.slice(start, _SLICE)
+        for rid, state, ok in zip(
+            rows["id"].to_pylist(), rows["state"].to_pylist(), rows["ok"].to_pylist(), strict=True
+        ):
+            figures = counts[owner(rid, count)]
+            figures["rows"] += state != GONE
+            figures[("ok" if ok else "error") if state == DONE else _NAMES[state]] += 1
+    for start in range(0, len(comparison.pending), _SLICE):
+        for rid in comparison.pending.slice(start, _SLICE).to_pylist():
+            figures = counts[owner(rid, count)]
+            figures["rows"] += 1
+            figures["pending"] += 1
+    return counts
 
 
 def format_status(figures: dict[str, Any]) -> str:
