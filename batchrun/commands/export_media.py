@@ -12,7 +12,7 @@ from urllib.parse import quote
 from batchrun import storage
 from batchrun.errors import OutputError
 from batchrun.ids import SavedIds
-from batchrun.media import BUILTIN_TYPES
+from batchrun.media import builtin_types
 from batchrun.saved import SavedOutput
 from batchrun.sources import Source
 from batchrun.spec import JobSpec
@@ -49,7 +49,7 @@ def file_name(rid: str, mime: str | None) -> str:
 def extension(mime: str | None) -> str:
     """The file extension for a MIME type (parameters such as `;rate=24000` ignored)."""
     base = (mime or "").split(";", 1)[0].strip().lower()
-    return EXTENSIONS.get(base) or BUILTIN_TYPES.guess_extension(base) or ".bin"
+    return EXTENSIONS.get(base) or builtin_types().guess_extension(base) or ".bin"
 
 
 def export_media(spec: JobSpec, directory: str) -> Exported:
