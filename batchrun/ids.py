@@ -81,6 +81,8 @@ class SavedIds:
 
     def contains(self, ids: list[str]) -> list[bool]:
         """For each id, whether it is saved."""
+        if not self._keys and not self._extra:  # a first run: nothing saved, nothing to look up
+            return [False] * len(ids)
         rows = self.rows_of(ids)
         return [row is not None or rid in self._extra for rid, row in zip(ids, rows, strict=True)]
 

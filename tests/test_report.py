@@ -212,6 +212,17 @@ def test_status_per_shard_from_part_names_or_as_asked(spec: JobSpec) -> None:
     assert "7 done (4 ok, 3 error), 0 changed, 2 pending of 9 rows, 0 gone" in text and "0/2" in text
 
 
+def test_an_id_saved_twice_counts_once_as_its_later_row(spec: JobSpec) -> None:
+    """An older version's duplicate: status counts the id once, as the row of the later part, and warns."""
+    out = Path(spec.output.path)
+    late = [error("a", "http", 500, 5)]
+    pq.write_table(pa.Table.from_pylist(late, schema=output_schema([])), out / "part-0001of0002-run-00002.parquet")
+    status = job_status(spec)
+    assert (status["rows"], status["ok"], status["error"], status["pending"]) == (9, 3, 4, 2)
+    assert status["duplicates"] == 1
+    assert "warning: 1 ids appear more than once in the output" in format_status(status)
+
+
 def test_export_is_one_file_with_one_row_per_id_joined_to_the_input(spec: JobSpec, tmp_path: Path) -> None:
     """One compacted Parquet file, sorted by id, with the input's columns when asked; DuckDB reads it."""
     result = export_job(spec, str(tmp_path / "all.parquet"), join_input=True)
