@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batchrun import storage
 from batchrun.schema import output_schema
@@ -104,5 +103,7 @@ def live(table: pa.Table, ids: pa.Array) -> pa.Table:
 def encode(table: pa.Table) -> bytes:
     """A whole Parquet file in memory, ready to be written in one go."""
     buffer = pa.BufferOutputStream()  # Arrow's own buffer: no Python file object is handed to Arrow
+    import pyarrow.parquet as pq  # loaded by the first part a run writes (storage.open_parquet says why)
+
     pq.write_table(table, buffer, compression="zstd")
     return bytes(buffer.getvalue())

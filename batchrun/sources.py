@@ -8,14 +8,16 @@ import json
 from array import array
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batchrun import storage
 from batchrun.errors import InputError
 from batchrun.spec import InputSpec
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 BATCH_ROWS = 2048
 _SAMPLE_ROWS = 1000
@@ -157,6 +159,8 @@ class Source:
 
     def _parquet_file(self) -> pq.ParquetFile:
         """Open the Parquet file, turning a broken file into one clear message."""
+        import pyarrow.parquet as pq  # only Parquet input needs it before a run's first request
+
         try:
             # Streamed column chunks (64 KiB reads) rather than whole ones pre-buffered: 30 MB less at peak.
             # A local file is opened by Arrow itself, so no Python file object is left to Arrow's threads.

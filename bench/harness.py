@@ -78,8 +78,13 @@ WORDS = [
 
 
 def child_env() -> dict[str, str]:
-    """The environment of every child: this checkout first on the path, no cloud credentials, the bench key."""
+    """The environment of every child: this checkout first on the path, no cloud credentials, the bench key,
+    and bytecode cached as an installed package has it (the checkout's own in a bench directory of its own:
+    with PYTHONDONTWRITEBYTECODE, which this machine sets, every child compiled batchrun's modules afresh
+    while the baselines' libraries came compiled)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUD_RUN_", "GCE_"))}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "batchrun-bench-pycache")
     env["PYTHONPATH"] = str(REPO)
     env["BENCH_API_KEY"] = API_KEY
     env["NO_GCE_CHECK"] = "true"

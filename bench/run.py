@@ -31,6 +31,7 @@ from harness import (
     REPO,
     SimProcess,
     batchrun,
+    child_env,
     measure,
     output_rows,
     write_jsonl,
@@ -518,7 +519,7 @@ def startup(quick: bool) -> list[Figure]:
             cwd=REPO,
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env=child_env(),
             check=True,
         )
         names = [name.strip() for name in module.split(",")]  # each top-level import's own cumulative time

@@ -14,6 +14,7 @@ HEAVY = [
     "openai",
     "httpx",
     "pyarrow.compute",
+    "pyarrow.parquet",
     "fsspec",
     "rich",
 ]
