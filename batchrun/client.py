@@ -9,9 +9,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from typing import TYPE_CHECKING, Any
 
 from batchrun.endpoints import Connection
 from batchrun.errors import (
@@ -28,6 +26,9 @@ from batchrun.progress import Counters
 from batchrun.results import Reply
 from batchrun.spec import RetrySpec
 from batchrun.transport import open_transport
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
@@ -100,7 +101,10 @@ class ChatClient:
                 raise
         # Most rows succeed at once and never reach tenacity (a quarter of batchrun's own CPU per
         # request when every call built a policy). A failure enters the one policy as its first
-        # attempt, so waits and the attempt count are exactly what they would have been.
+        # attempt, so waits and the attempt count are exactly what they would have been. tenacity is imported
+        # here, by the first failure, not before a run's first request.
+        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
         policy = AsyncRetrying(
             stop=stop_after_attempt(self._retry.max_attempts),
             wait=_wait,

@@ -15,6 +15,7 @@ HEAVY = [
     "httpx",
     "pyarrow.compute",
     "pyarrow.parquet",
+    "tenacity",
     "fsspec",
     "rich",
 ]
