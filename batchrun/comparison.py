@@ -12,20 +12,18 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchrun import storage
 from batchrun.collector import release_memory
 from batchrun.errors import OutputError
-from batchrun.ids import SavedIds
+from batchrun.ids import SavedIds, one_array
 from batchrun.prompts import Renderer
 from batchrun.rerun import HASH_CHARS, RequestHasher, changed_keys
-from batchrun.saved import SavedOutput
+from batchrun.saved import SavedOutput, read_parts
 from batchrun.shards import Shard
 from batchrun.sources import Record, Source
 from batchrun.spec import JobSpec
@@ -63,9 +61,8 @@ class Comparison:
     saved: pa.Table  # id, ok (its status), attempts, request_hash (16 bytes), part (index into parts), state
     pending: pa.Array  # ids of input rows that have no saved row
     index: SavedIds
-    current: (
-        bytearray  # the request_hash an input row has now (16 bytes a row), where its saved row's differs or lacks one
-    )
+    # The request_hash an input row has now (16 bytes a row), where its saved row's differs or lacks one.
+    current: bytearray
     parts: list[str]
 
     def count(self, state: str) -> int:
@@ -98,7 +95,7 @@ def compare(spec: JobSpec, saved: SavedOutput, shard: Shard) -> Comparison:
     source = Source(spec.input)
     renderer = Renderer(spec, source.format)
     hasher = RequestHasher(spec, renderer)
-    hashes = _one_array(stored["request_hash"])
+    hashes = one_array(stored["request_hash"])
     same = bytearray(stored.num_rows)  # per saved row: 0 not in the input, 1 the same request, 2 another request
     current = bytearray()  # filled only when some row's request differs from (or lacks) its saved hash
     pending: list[pa.Array] = []
@@ -147,7 +144,7 @@ class _SavedColumns:
 
     def add(self, table: pa.Table, part: int) -> None:
         """Append one part's rows (id, status, and attempts and request_hash when the part has them)."""
-        ids = _one_array(table["id"]).cast(pa.string())
+        ids = one_array(table["id"]).cast(pa.string())
         start, data = self.offsets[-1], len(self.ids)
         offsets = memoryview(ids.buffers()[1]).cast("i")[ids.offset : ids.offset + len(ids) + 1]
         if data + offsets[-1] - offsets[0] > _MAX_TEXT:
@@ -184,33 +181,12 @@ def _bytes_array(flags: bytearray) -> pa.Array:
 
 def _saved_rows(parts: list[str], shard: Shard) -> pa.Table:
     """The saved rows this shard owns, as `Comparison.saved` holds them (without state), a part at a time."""
-
-    def read(index: int) -> pa.Table:
-        with storage.open_parquet(parts[index]) as parquet:
-            present = [name for name in SAVED_COLUMNS if name in parquet.schema_arrow.names]
-            table = parquet.read(columns=present, use_threads=False)
+    columns = _SavedColumns()
+    for index, table in enumerate(read_parts(parts, SAVED_COLUMNS)):
         if shard.count > 1:
             table = table.filter(pa.array([shard.owns(rid) for rid in table["id"].to_pylist()], pa.bool_()))
-        return table
-
-    columns = _SavedColumns()
-    if parts and storage.is_remote(parts[0]):  # thousands of objects on gs:// are read side by side
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            for index, table in enumerate(pool.map(read, range(len(parts)))):
-                columns.add(table, index)
-    else:  # local parts on one thread: each reader thread keeps a malloc arena
-        for index in range(len(parts)):
-            columns.add(read(index), index)
+        columns.add(table, index)
     return columns.table()
-
-
-def _one_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """A column as one array, copied only when it is in several chunks."""
-    if isinstance(column, pa.ChunkedArray):
-        return (
-            column.chunk(0) if column.num_chunks == 1 else pa.concat_arrays([pa.array([], column.type), *column.chunks])
-        )
-    return column
 
 
 def _digest(request_hash: str) -> bytes:
@@ -299,13 +275,8 @@ def decide(
 
 def _flags(mask: pa.Array | pa.ChunkedArray) -> bytes:
     """A boolean column as one byte a row (1 set), for lookups row by row."""
-    flags = pc.cast(pc.fill_null(mask, False), pa.uint8())
-    return b"".join(chunk.buffers()[1].to_pybytes()[chunk.offset :][: len(chunk)] for chunk in _chunks(flags))
-
-
-def _chunks(column: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
-    """A column's arrays."""
-    return list(column.chunks) if isinstance(column, pa.ChunkedArray) else [column]
+    flags = one_array(pc.cast(pc.fill_null(mask, False), pa.uint8()))
+    return bytes(memoryview(flags.buffers()[1])[flags.offset : flags.offset + len(flags)])
 
 
 def answered(held: list[ResultRow], plan: Plan, comparison: Comparison) -> list[ResultRow]:
@@ -339,7 +310,7 @@ def _refusal(comparison: Comparison, spec: JobSpec, recorded: dict[str, Any] | N
     saved = comparison.saved
     changed_ids = saved.filter(pc.equal(saved["state"], CHANGED))["id"]
     costs = SavedOutput(spec.output.path).table(COST_COLUMNS, comparison.parts)
-    changed = costs.filter(pc.is_in(costs["id"], value_set=changed_ids.combine_chunks()))
+    changed = costs.filter(pc.is_in(costs["id"], value_set=one_array(changed_ids)))
     keys = changed_keys(recorded, spec)
     verb = "differs" if len(keys) == 1 else "differ"
     why = f"the spec's {', '.join(keys)} {verb} from the run that wrote them" if keys else "their input text changed"

@@ -18,10 +18,19 @@ _SLICE = 8_192  # ids made into Python str at once while hashing
 _key = hash  # an id's lookup key (tests put a colliding one here)
 
 
+def one_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as one array, copied only when it is in several chunks (none: an empty array)."""
+    if isinstance(column, pa.ChunkedArray):
+        if column.num_chunks == 1:
+            return column.chunk(0)
+        return pa.concat_arrays([pa.array([], column.type), *column.chunks])
+    return column
+
+
 def id_array(ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
     """Ids as one Arrow string array (what every index and filter here takes)."""
     if isinstance(ids, pa.ChunkedArray):
-        ids = ids.chunk(0) if ids.num_chunks == 1 else pa.concat_arrays([pa.array([], ids.type), *ids.chunks])
+        ids = one_array(ids)
     if not isinstance(ids, pa.Array):
         ids = pa.array(list(ids), pa.string())
     return ids.cast(pa.string()) if ids.type != pa.string() else ids
@@ -131,7 +140,7 @@ class SavedIds:
         return len(drop)
 
     def _beside(self, rid: str, place: int) -> int | None:
-        """The row of `rid` among the ids that share its key (a hash collision, or an id saved twice)."""
+        """The row of `rid` among the ids that share its key (a hash collision: an id saved twice has one place)."""
         key, keys = self._keys[place], self._keys
         place = bisect_left(keys, key)
         while place < len(keys) and keys[place] == key:

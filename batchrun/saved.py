@@ -48,17 +48,8 @@ class SavedOutput:
         """The chosen columns (default: all) of every committed part, or of the given ones; a column a part written
         by an older version lacks is null there, and every column is present when nothing is saved yet."""
         parts = self.parts() if parts is None else parts
-
-        def read(part: str) -> pa.Table:
-            with storage.open_parquet(part) as parquet:
-                names = parquet.schema_arrow.names
-                present = names if columns is None else [name for name in columns if name in names]
-                return parquet.read(columns=present, use_threads=False)
-
-        with ThreadPoolExecutor(max_workers=_READERS) as pool:  # thousands of parts on gs:// are read at once
-            tables = list(pool.map(read, parts))
         empty = output_schema([]).empty_table()
-        table = pa.concat_tables([empty, *tables], promote_options="permissive")
+        table = pa.concat_tables([empty, *read_parts(parts, columns)], promote_options="permissive")
         wanted = table.column_names if columns is None else columns
         for name in wanted:
             if name not in table.column_names:
@@ -93,6 +84,24 @@ class SavedOutput:
             return sum(pool.map(count, self.parts()))
 
 
+def read_parts(parts: list[str], columns: list[str] | None) -> Iterator[pa.Table]:
+    """Each part's chosen columns (default: all) that it has, in order: a part written by an older version may
+    lack one. Thousands of objects on gs:// are read side by side; local parts on one thread, since each reader
+    thread keeps a malloc arena of its own."""
+
+    def read(part: str) -> pa.Table:
+        with storage.open_parquet(part) as parquet:
+            names = parquet.schema_arrow.names
+            present = names if columns is None else [name for name in columns if name in names]
+            return parquet.read(columns=present, use_threads=False)
+
+    if parts and storage.is_remote(parts[0]):
+        with ThreadPoolExecutor(max_workers=_READERS) as pool:
+            yield from pool.map(read, parts)
+    else:
+        yield from map(read, parts)
+
+
 def live(table: pa.Table, ids: pa.Array) -> pa.Table:
     """The saved rows whose id is in the input now: a gone row stays on disk only until the next run."""
     import pyarrow.compute as pc  # loaded by the readers only
@@ -102,8 +111,8 @@ def live(table: pa.Table, ids: pa.Array) -> pa.Table:
 
 def encode(table: pa.Table) -> bytes:
     """A whole Parquet file in memory, ready to be written in one go."""
-    buffer = pa.BufferOutputStream()  # Arrow's own buffer: no Python file object is handed to Arrow
     import pyarrow.parquet as pq  # loaded by the first part a run writes (storage.open_parquet says why)
 
+    buffer = pa.BufferOutputStream()  # Arrow's own buffer: no Python file object is handed to Arrow
     pq.write_table(table, buffer, compression="zstd")
     return bytes(buffer.getvalue())

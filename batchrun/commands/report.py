@@ -41,8 +41,8 @@ def build_report(spec: JobSpec, table: pa.Table | None = None) -> dict[str, Any]
         "output": spec.output.path,
         "rows": {
             "total": table.num_rows,
-            "ok": _count(pc.equal(status, "ok")),
-            "error": _count(pc.equal(status, "error")),
+            "ok": _sum(pc.equal(status, "ok")),
+            "error": _sum(pc.equal(status, "error")),
         },
         "requests": _sum(table["attempts"]),
         "tokens": {name: _sum(table[name]) for name in _TOKENS},
@@ -69,13 +69,8 @@ def cost_of(table: pa.Table, spec: JobSpec) -> dict[str, Any] | None:
     return _cost(_billable(table), book) if book.prices else None
 
 
-def _count(mask: pa.ChunkedArray | pa.Array) -> int:
-    """How many rows a condition holds for (null: not)."""
-    return int(pc.sum(mask, options=_SUM).as_py() or 0)
-
-
 def _sum(column: pa.ChunkedArray | pa.Array) -> int:
-    """A column's sum as an int (a sum over no rows is 0, not null)."""
+    """A column's sum as an int (a sum over no rows is 0, not null; a boolean's: how many rows it holds for)."""
     return int(pc.sum(column, options=_SUM).as_py() or 0)
 
 
